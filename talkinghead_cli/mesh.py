@@ -1,0 +1,281 @@
+"""Mesh I/O: templates in, mesh sequences out.
+
+Templates load through trimesh with ``process=False`` and ``maintain_order=True`` so the
+vertex order and count are exactly the file's (models index vertices by position).
+Sequence writers take ``verts: (T, V, 3)`` and write atomically (temp folder, rename).
+The OBJ/PLY writers are vectorised: faces are formatted once, vertices with one string
+format per frame; ``write_obj_reference`` is the plain per-frame trimesh path they are
+benchmarked and tested against.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from talkinghead_cli.atomic import atomic_dir, atomic_file
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.progress import ProgressFn, report
+
+TEMPLATE_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".npy", ".npz", ".stl", ".off")
+SEQUENCE_FORMATS = ("npy", "npz", "obj", "ply")
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh. verts: (V, 3) float32, faces: (F, 3) int64."""
+
+    verts: np.ndarray
+    faces: np.ndarray
+
+    @property
+    def num_verts(self) -> int:
+        return int(self.verts.shape[0])
+
+
+def validate_mesh(verts: np.ndarray, faces: np.ndarray | None, path: str | Path | None = None) -> Mesh:
+    """Check shapes, finiteness and face indices; return a normalised :class:`Mesh`."""
+    verts = np.asarray(verts)
+    if verts.ndim != 2 or verts.shape[1] != 3 or verts.shape[0] < 3:
+        raise UserError(f"expected vertices of shape (V, 3) with V >= 3, got {verts.shape}", path,
+                        "give a triangle mesh")
+    if not np.isfinite(verts).all():
+        raise UserError("the mesh has NaN or infinite vertex coordinates", path, "repair the mesh")
+    if faces is None or len(faces) == 0:
+        raise UserError("the mesh has no faces (a point cloud?)", path, "give a triangle mesh")
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise UserError(f"faces must be triangles, got shape {faces.shape}", path, "triangulate the mesh")
+    if faces.min() < 0 or faces.max() >= len(verts):
+        raise UserError("face indices out of range", path, "repair the mesh")
+    return Mesh(verts.astype(np.float32), faces.astype(np.int64))
+
+
+def _trimesh_geometry(path: Path):
+    import trimesh
+
+    try:
+        loaded = trimesh.load(str(path), process=False, maintain_order=True, skip_materials=True)
+    except Exception as e:  # trimesh raises many types for malformed files
+        raise UserError(f"cannot read the mesh ({type(e).__name__}: {e})", path,
+                        "check that it is a valid OBJ/PLY/GLB file") from e
+    if isinstance(loaded, trimesh.Scene):
+        geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)]
+        if not geoms:
+            raise UserError("the file contains no triangle mesh", path, "give a triangle mesh")
+        loaded = geoms[0] if len(geoms) == 1 else trimesh.util.concatenate(geoms)
+    if not isinstance(loaded, trimesh.Trimesh):
+        raise UserError(f"the file holds a {type(loaded).__name__}, not a triangle mesh", path,
+                        "give a triangle mesh")
+    return loaded
+
+
+def load_template(path: str | Path, faces: np.ndarray | None = None) -> Mesh:
+    """Load a template mesh.
+
+    Args:
+        path: OBJ, PLY, GLB/GLTF, STL, OFF, NPZ (``verts``/``vertices`` + ``faces``) or
+            NPY (``(V, 3)`` vertices only; then ``faces`` must be given, e.g. a model's).
+        faces: (F, 3) faces to use when the file carries none.
+    Returns:
+        Mesh with verts (V, 3) float32 in the file's order and faces (F, 3) int64.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError("template not found", path, "check the path")
+    suffix = path.suffix.lower()
+    if suffix not in TEMPLATE_SUFFIXES:
+        raise UserError(f"unsupported template format '{suffix}'", path,
+                        "use OBJ, PLY, GLB/GLTF, NPZ or NPY")
+    if suffix in (".npy", ".npz"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise UserError("cannot read the array file", path, "save it with numpy.save") from e
+        if suffix == ".npz":
+            key = "verts" if "verts" in data else "vertices" if "vertices" in data else None
+            if key is None:
+                raise UserError("the NPZ has no 'verts' array", path, "save verts=(V,3) and faces=(F,3)")
+            verts = data[key]
+            faces = data["faces"] if "faces" in data else faces
+        else:
+            verts = data
+        verts = np.asarray(verts)
+        if verts.ndim == 1 and verts.size % 3 == 0:
+            verts = verts.reshape(-1, 3)
+        if faces is None:
+            raise UserError("the NPY template has vertices but no faces", path,
+                            "give an OBJ/PLY/NPZ with faces")
+        return validate_mesh(verts, faces, path)
+    geom = _trimesh_geometry(path)
+    return validate_mesh(np.asarray(geom.vertices), np.asarray(geom.faces), path)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _check_sequence(verts: np.ndarray, faces: np.ndarray | None = None) -> np.ndarray:
+    verts = np.asarray(verts, dtype=np.float32)
+    if verts.ndim != 3 or verts.shape[2] != 3:
+        raise ValueError(f"verts must be (T, V, 3), got {verts.shape}")
+    if faces is not None and len(faces) and int(np.max(faces)) >= verts.shape[1]:
+        raise ValueError("faces index past the vertex count")
+    return verts
+
+
+def obj_text(verts: np.ndarray, faces_text: str) -> str:
+    """One OBJ file as text. verts: (V, 3); ``faces_text`` from :func:`obj_faces_text`."""
+    v = verts.shape[0]
+    return ("v %.6f %.6f %.6f\n" * v) % tuple(verts.ravel().tolist()) + faces_text
+
+
+def obj_faces_text(faces: np.ndarray) -> str:
+    """The ``f a b c`` block of an OBJ (1-based indices), formatted once per sequence."""
+    f = np.asarray(faces, dtype=np.int64) + 1
+    return ("f %d %d %d\n" * len(f)) % tuple(f.ravel().tolist())
+
+
+def ply_header(num_verts: int, num_faces: int) -> bytes:
+    """Header of a binary little-endian PLY with float xyz vertices and int triangles."""
+    return (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {num_verts}\nproperty float x\nproperty float y\nproperty float z\n"
+        f"element face {num_faces}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode("ascii")
+
+
+def ply_face_block(faces: np.ndarray) -> bytes:
+    """The binary face records of a PLY, built once per sequence. faces: (F, 3)."""
+    rec = np.empty(len(faces), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
+    rec["n"] = 3
+    rec["idx"] = faces
+    return rec.tobytes()
+
+
+def ply_bytes(verts: np.ndarray, faces: np.ndarray) -> bytes:
+    """One binary PLY file. verts: (V, 3), faces: (F, 3)."""
+    return ply_header(len(verts), len(faces)) + np.ascontiguousarray(verts, dtype="<f4").tobytes() + ply_face_block(faces)
+
+
+def write_obj_reference(path: str | Path, verts: np.ndarray, faces: np.ndarray) -> None:
+    """Slow, readable reference: one frame through trimesh's exporter."""
+    import trimesh
+
+    trimesh.Trimesh(verts, faces, process=False).export(str(path), file_type="obj")
+
+
+def write_sequence(
+    out: str | Path,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    fmt: str = "obj",
+    fps: float | None = None,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Write a mesh sequence atomically.
+
+    Args:
+        out: for ``npy``/``npz`` a file path; for ``obj``/``ply`` a folder that receives
+            ``frame_00000.<fmt>`` ... .
+        verts: (T, V, 3).
+        faces: (F, 3).
+        fmt: one of ``npy``, ``npz`` (adds faces and fps), ``obj``, ``ply`` (binary).
+        progress: called with (frames written, T).
+    Returns:
+        the path written.
+    """
+    verts = _check_sequence(verts, faces)
+    faces = np.asarray(faces, dtype=np.int64)
+    out = Path(out)
+    t = verts.shape[0]
+    if fmt == "npy":
+        with atomic_file(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, verts)
+        report(progress, t, t)
+        return out
+    if fmt == "npz":
+        with atomic_file(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, verts=verts, faces=faces, fps=np.float32(fps or 0.0))
+        report(progress, t, t)
+        return out
+    if fmt not in ("obj", "ply"):
+        raise UserError(f"unknown mesh format '{fmt}'", None, f"use one of {', '.join(SEQUENCE_FORMATS)}")
+    with atomic_dir(out) as tmp:
+        if fmt == "obj":
+            faces_text = obj_faces_text(faces)
+            for i in range(t):
+                (tmp / f"frame_{i:05d}.obj").write_text(obj_text(verts[i], faces_text))
+                report(progress, i + 1, t)
+        else:
+            header, face_block = ply_header(verts.shape[1], len(faces)), ply_face_block(faces)
+            for i in range(t):
+                body = np.ascontiguousarray(verts[i], dtype="<f4").tobytes()
+                (tmp / f"frame_{i:05d}.ply").write_bytes(header + body + face_block)
+                report(progress, i + 1, t)
+        if fps:
+            (tmp / "sequence.json").write_text(json.dumps({"fps": fps, "frames": t}))
+    return out
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files: Iterable[Path] = list(folder.glob("*.obj")) or list(folder.glob("*.ply"))
+    return sorted(files)
+
+
+def load_sequence(path: str | Path, num_verts: int | None = None) -> tuple[np.ndarray, float | None]:
+    """Read a mesh sequence.
+
+    Args:
+        path: ``.npy`` of (T, V, 3) or (T, V*3); ``.npz`` with ``verts`` (and ``fps``); or
+            a folder of OBJ/PLY frames (sorted by name).
+        num_verts: vertex count needed to unflatten (T, V*3) arrays, if known.
+    Returns:
+        verts: (T, V, 3) float32, and the fps stored with it (or None).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError("sequence not found", path, "check the path")
+    fps = None
+    if path.is_dir():
+        files = _frame_files(path)
+        if not files:
+            raise UserError("the folder holds no OBJ or PLY frames", path, "point to a folder of frame_*.obj")
+        meta = path / "sequence.json"
+        if meta.exists():
+            fps = float(json.loads(meta.read_text()).get("fps") or 0) or None
+        verts = np.stack([load_template(f).verts for f in files])
+        return verts, fps
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise UserError(f"unsupported sequence format '{suffix}'", path,
+                        "use .npy, .npz or a folder of OBJ/PLY frames")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise UserError("cannot read the array file", path, "save it with numpy.save") from e
+    if suffix == ".npz":
+        if "verts" not in data:
+            raise UserError("the NPZ has no 'verts' array", path, "save verts=(T,V,3)")
+        fps = float(data["fps"]) if "fps" in data and float(data["fps"]) > 0 else None
+        data = data["verts"]
+    verts = np.asarray(data, dtype=np.float32)
+    if verts.ndim == 2 and verts.shape[1] % 3 == 0:
+        verts = verts.reshape(verts.shape[0], -1, 3)
+    if verts.ndim != 3 or verts.shape[2] != 3 or verts.shape[0] == 0:
+        raise UserError(f"expected a (T, V, 3) or (T, V*3) array, got {verts.shape}", path,
+                        "save the sequence as frames x vertices x 3")
+    if num_verts is not None and verts.shape[1] != num_verts:
+        raise UserError(f"the sequence has {verts.shape[1]} vertices, the template {num_verts}", path,
+                        "use the template the sequence was made with")
+    if not np.isfinite(verts).all():
+        raise UserError("the sequence has NaN or infinite values", path, "regenerate it")
+    return verts, fps

@@ -29,10 +29,11 @@ def test_wrong_kind_newer_and_garbage(tmp_path):
         load_checkpoint(junk)
 
 
-def test_pickled_class_is_refused(tmp_path):
-    class Evil:
-        pass
+class Evil:
+    pass
 
+
+def test_pickled_class_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "kind": "animator", "config": Evil(), "state_dict": {}}, path)
     with pytest.raises(UserError):

@@ -123,3 +123,33 @@ def existing_path(path: Path, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{what} not found", path, "check the path")
     return path
+
+
+# --- render (owner: preview video) ---
+
+
+@app.command("render")
+def render_cmd(
+    sequence: Path = typer.Argument(..., help="Mesh sequence: .npy/.npz of (T, V, 3) or a folder of OBJ/PLY frames."),
+    template: Path = typer.Option(..., "--template", "-t", help="Template mesh (OBJ/PLY/GLB) giving the faces."),
+    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech to mux in (WAV/FLAC/OGG)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The MP4 to write."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate (default: the fps stored in the NPZ, else 30)."),
+    size: int = typer.Option(512, "--size", help="Frame width and height in pixels (even)."),
+) -> None:
+    """Render a mesh sequence to an MP4 preview (front view, H.264, audio as AAC)."""
+    import pydantic
+
+    from talkinghead_cli.video import RenderConfig, render_sequence_file
+
+    try:
+        config = RenderConfig(sequence=sequence, template=template, audio=audio, output=output,
+                              fps=fps, size=size)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"bad value for --{err['loc'][0]}: {err['msg']}", None, "see avtalk render --help") from e
+    with progress_bar("rendering") as progress:
+        result = render_sequence_file(config, progress=progress)
+    audio_note = "" if result.audio_duration is None else f", audio {result.audio_duration:.2f} s"
+    out.print(f"{result.path} ({result.frames} frames at {result.fps:g} fps, {result.duration:.2f} s{audio_note})",
+              highlight=False, soft_wrap=True)

@@ -1,0 +1,115 @@
+"""Dataset readers on tiny corpora written into tmp_path."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from talkinghead_cli.data import biwi, vocaset
+from talkinghead_cli.data.dataset import (SequenceDataset, load_templates_pkl, open_corpus,
+                                          write_toy_corpus)
+from talkinghead_cli.errors import UserError
+
+TR, VA, TE = vocaset.TRAIN_SUBJECTS, vocaset.VAL_SUBJECTS, vocaset.TEST_SUBJECTS
+
+
+@pytest.fixture
+def voca_root(tmp_path):
+    subjects = {TR[0]: [1, 2, 40, 41], TR[1]: [3], VA[0]: [20, 21], TE[0]: [21], "Someone_else": [1]}
+    return write_toy_corpus(tmp_path / "voca", subjects, seconds=0.5)
+
+
+def test_vocaset_published_split_and_frame_step(voca_root):
+    c = open_corpus("vocaset", voca_root)
+    got = {u.id: u.split for u in c.utterances}
+    assert got == {f"{TR[0]}_sentence01": "train", f"{TR[0]}_sentence02": "train",
+                   f"{TR[0]}_sentence40": "train", f"{TR[1]}_sentence03": "train",
+                   f"{VA[0]}_sentence21": "val", f"{TE[0]}_sentence21": "test"}
+    assert c.train_subjects == [TR[0], TR[1]]
+    assert c.fps == 30 and c.faces is not None and c.faces.shape[1] == 3
+    ds = SequenceDataset(c, c.split("train"))
+    item = ds[0]
+    raw = np.load(voca_root / "vertices_npy" / f"{TR[0]}_sentence01.npy")
+    assert item["verts"].shape == (15, 162, 3)
+    np.testing.assert_array_equal(item["verts"].numpy(), raw[::2].reshape(15, 162, 3))
+    assert item["audio"].shape == (8000,)
+    assert item["style"].tolist() == [1.0, 0.0]
+    val = SequenceDataset(c, c.split("val"))[0]
+    assert val["style"].tolist() == [0.5, 0.5]  # an unseen speaker gets the mean style
+    c60 = open_corpus("vocaset", voca_root, keep_60fps=True)
+    assert c60.fps == 60 and SequenceDataset(c60, c60.split("train"))[0]["verts"].shape[0] == 30
+    assert c.lip_indices is not None and c.upper_indices is not None
+
+
+def test_biwi_split_and_resampling(tmp_path):
+    root = tmp_path / "biwi"
+    names = {"F2": [1, 32, 33, 37], "M3": [2], "F1": [37, 1]}
+    write_toy_corpus(root, {f"{s}": [] for s in names}, seconds=0.4, fps=25)
+    # BIWI names are F2_e01; write the files with those names and 44.1 kHz audio
+    rng = np.random.default_rng(0)
+    tmpl = load_templates_pkl(root / "templates.pkl")
+    for s, sentences in names.items():
+        for n in sentences:
+            sf.write(root / "wav" / f"{s}_e{n:02d}.wav", 0.1 * rng.standard_normal(17640), 44100)
+            np.save(root / "vertices_npy" / f"{s}_e{n:02d}.npy", np.repeat(tmpl[s].reshape(1, -1), 10, 0))
+    os.rename(root / "templates" / "FLAME_sample.ply", root / "templates" / "BIWI.ply")
+    c = open_corpus("biwi", root)
+    got = {u.id: u.split for u in c.utterances}
+    assert got == {"F2_e01": "train", "F2_e32": "train", "F2_e33": "val", "F2_e37": "test",
+                   "M3_e02": "train", "F1_e37": "test_b"}
+    assert c.fps == 25 and c.faces is not None
+    item = SequenceDataset(c, c.split("train"))[0]
+    assert item["audio"].shape == (6400,)  # 0.4 s at 16 kHz
+    assert item["verts"].shape == (10, 162, 3)
+
+
+def test_synthetic_reads_splits_from_manifest(voca_root):
+    manifest = {"format": "avtalk-synthetic/1", "fps": 30, "sample_rate": 16000,
+                "subjects": {TR[0]: {"split": "train"}, VA[0]: {"split": "test_b"}},
+                "utterances": [
+                    {"id": f"{TR[0]}_sentence01", "subject": TR[0], "sentence": 1, "split": "train"},
+                    {"id": f"{TR[0]}_sentence02", "subject": TR[0], "sentence": 2, "split": "val"},
+                    {"id": f"{VA[0]}_sentence21", "subject": VA[0], "sentence": 21, "split": "test_b"}]}
+    (voca_root / "manifest.json").write_text(json.dumps(manifest))
+    c = open_corpus("synthetic", voca_root)
+    assert {u.id: u.split for u in c.utterances} == {
+        f"{TR[0]}_sentence01": "train", f"{TR[0]}_sentence02": "val", f"{VA[0]}_sentence21": "test_b"}
+    assert c.fps == 30 and c.frame_step == 1 and c.train_subjects == [TR[0]]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_templates_pickle_refuses_code(tmp_path):
+    path = tmp_path / "templates.pkl"
+    path.write_bytes(pickle.dumps({"a": _Evil()}))
+    with pytest.raises(UserError, match="not allowed"):
+        load_templates_pkl(path)
+    # numpy arrays in a dict load, with every protocol
+    for proto in (2, 4, 5):
+        path.write_bytes(pickle.dumps({"s": np.ones((4, 3), np.float32)}, protocol=proto))
+        assert load_templates_pkl(path)["s"].shape == (4, 3)
+
+
+def test_missing_folder_and_wav_without_mesh(voca_root, tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        open_corpus("vocaset", tmp_path / "nowhere")
+    os.remove(voca_root / "vertices_npy" / f"{TR[0]}_sentence02.npy")
+    with pytest.raises(UserError, match="no matching mesh") as e:
+        open_corpus("vocaset", voca_root)
+    assert f"{TR[0]}_sentence02.wav" in str(e.value)
+    os.rename(voca_root / "wav", voca_root / "wavs")
+    with pytest.raises(UserError, match="no 'wav/' folder"):
+        open_corpus("vocaset", voca_root)
+
+
+def test_shape_mismatch_with_template(voca_root):
+    np.save(voca_root / "vertices_npy" / f"{TR[1]}_sentence03.npy", np.zeros((10, 99), np.float32))
+    with pytest.raises(UserError, match="does not match the template") as e:
+        open_corpus("vocaset", voca_root)
+    assert "sentence03.npy" in str(e.value)

@@ -81,7 +81,7 @@ def _speak_with_program(text: str, voice: str, rate: int) -> tuple[np.ndarray, i
     return wave.reshape(len(wave), -1).mean(axis=1), int(sr)
 
 
-def speak(text: str, voice: str = "en-us", rate: int = 165) -> np.ndarray:
+def speak(text: str, voice: str = "en-us", rate: int = 175) -> np.ndarray:
     """Speech for ``text`` as (S,) float32 at 16 kHz, trimmed of leading/trailing silence."""
     try:
         wave, sr = _speak_with_library(text, voice, rate)

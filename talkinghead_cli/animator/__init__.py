@@ -1,0 +1,11 @@
+"""Speech-driven mesh animators (FaceFormer- and CodeTalker-style).
+
+>>> cfg = AnimatorConfig(num_verts=V, subjects=["A", "B"])
+>>> model = build_animator(cfg)
+>>> verts = model.predict(audio, template, style)   # (1, T, V, 3)
+"""
+
+from talkinghead_cli.animator.config import AnimatorConfig
+from talkinghead_cli.animator.base import Animator, build_animator, one_hot_style
+
+__all__ = ["AnimatorConfig", "Animator", "build_animator", "one_hot_style"]

@@ -1,0 +1,100 @@
+"""The animator interface shared by FaceFormer and CodeTalker, and the builder.
+
+Shapes: B batch, S audio samples, T frames, V vertices, N subjects (style width).
+Style is a convex mix of one-hot subject vectors, (B, N).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from talkinghead_cli.animator.config import AnimatorConfig
+
+
+class Animator(nn.Module):
+    """Speech (B, S) + template (B, V, 3) + style (B, N) -> meshes (B, T, V, 3).
+
+    The model carries its frame rate and sample rate (``cfg.fps``, ``cfg.sample_rate``);
+    callers read them from here.
+    """
+
+    def __init__(self, cfg: AnimatorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.fps = float(cfg.fps)
+        self.sample_rate = int(cfg.sample_rate)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Mesh frames for ``num_samples`` of audio: round(S / sample_rate * fps), >= 1."""
+        return max(1, round(num_samples / self.sample_rate * self.fps))
+
+    def check_inputs(self, audio: Tensor, template: Tensor, style: Tensor,
+                     target: Tensor | None = None) -> None:
+        """Raise ValueError naming the first argument whose shape is wrong."""
+        b, v = audio.shape[0], self.cfg.num_verts
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be (B, S), got {tuple(audio.shape)}")
+        if template.shape != (b, v, 3):
+            raise ValueError(f"template must be ({b}, {v}, 3), got {tuple(template.shape)}")
+        if style.shape != (b, len(self.cfg.subjects)):
+            raise ValueError(f"style must be ({b}, {len(self.cfg.subjects)}), got {tuple(style.shape)}")
+        if target is not None and (target.dim() != 4 or target.shape[0] != b or target.shape[2:] != (v, 3)):
+            raise ValueError(f"target must be ({b}, T, {v}, 3), got {tuple(target.shape)}")
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Switch to eval mode for the block, then restore the previous mode."""
+        was = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was)
+
+    def forward(self, audio: Tensor, template: Tensor, style: Tensor,
+                target: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, audio: Tensor, template: Tensor, style: Tensor,
+                      target: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
+        raise NotImplementedError
+
+    def predict(self, audio: Tensor, template: Tensor, style: Tensor,
+                num_frames: int | None = None, progress=None) -> Tensor:
+        raise NotImplementedError
+
+    def predict_reference(self, audio: Tensor, template: Tensor, style: Tensor,
+                          num_frames: int | None = None, progress=None) -> Tensor:
+        raise NotImplementedError
+
+
+def build_animator(cfg: AnimatorConfig) -> Animator:
+    """Build the model ``cfg`` describes (random weights; load a state_dict after)."""
+    if cfg.kind == "faceformer":
+        from talkinghead_cli.animator.faceformer import FaceFormer
+
+        return FaceFormer(cfg)
+    from talkinghead_cli.animator.codetalker import CodeTalker
+
+    return CodeTalker(cfg)
+
+
+def one_hot_style(cfg: AnimatorConfig, mix: dict[str, float] | str, device=None) -> Tensor:
+    """Style vector (1, N) from a subject name or a {subject: weight} mix (normalised).
+
+    Raises:
+        KeyError: an unknown subject (the message lists the known ones).
+    """
+    mix = {mix: 1.0} if isinstance(mix, str) else dict(mix)
+    style = torch.zeros(1, len(cfg.subjects), device=device)
+    for name, w in mix.items():
+        if name not in cfg.subjects:
+            raise KeyError(f"unknown subject {name!r}; known: {', '.join(cfg.subjects)}")
+        style[0, cfg.subjects.index(name)] += float(w)
+    total = style.sum()
+    if total <= 0:
+        raise KeyError("style weights must sum to a positive number")
+    return style / total

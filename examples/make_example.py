@@ -180,6 +180,38 @@ def head_template() -> np.ndarray:
     return np.concatenate([top, ring_verts, bottom]).astype(np.float32)
 
 
+def mouth_cavity(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A dark "mouth bag": a plate behind the slit, sloping down and back.
+
+    Its normal points mostly downwards, away from the default lights, so what is seen
+    through the open mouth is shaded darker than the skin (the renderer lights both sides
+    of a face). Returns verts (8 * 4, 3) and faces (42, 3) indexed from 0.
+    """
+    r = mouth_ring()
+    mid_y = float(template[1 + r * COLUMNS: 1 + (r + 2) * COLUMNS, 1].mean())
+    nx, ny = 8, 4
+    x = np.linspace(-0.3, 0.3, nx)
+    s = np.linspace(0.0, 1.0, ny)[:, None]  # 0 front edge, 1 back edge
+    y = mid_y + 0.05 - 0.27 * s + 0 * x
+    z = 0.55 - 1.1 * s + 0 * x
+    verts = np.stack([np.broadcast_to(x, y.shape), y, z], axis=-1).reshape(-1, 3)
+    faces = []
+    for i in range(ny - 1):
+        for j in range(nx - 1):
+            a, b, c, d = i * nx + j, i * nx + j + 1, (i + 1) * nx + j, (i + 1) * nx + j + 1
+            faces += [(a, b, d), (a, d, c)]
+    return verts.astype(np.float32), np.asarray(faces, dtype=np.int64)
+
+
+def head_mesh() -> tuple[np.ndarray, np.ndarray]:
+    """The example template: the head surface plus its mouth cavity. verts (V, 3), faces (F, 3)."""
+    head = head_template()
+    cavity, cavity_faces = mouth_cavity(head)
+    verts = np.concatenate([head, cavity])
+    faces = np.concatenate([head_faces(), cavity_faces + len(head)])
+    return verts.astype(np.float32), faces
+
+
 def jaw_weights() -> np.ndarray:
     """(V,) how much each vertex drops when the mouth opens: 1 at the lower lip's centre,
     fading towards the corners, down the chin and away from the face; 0 above the slit."""
@@ -199,8 +231,11 @@ def jaw_weights() -> np.ndarray:
 
 
 def animate(template: np.ndarray, opening: np.ndarray) -> np.ndarray:
-    """verts (T, V, 3): the template with the jaw dropped by ``opening`` (T,) in [0, 1]."""
-    w = jaw_weights()
+    """verts (T, V, 3): the template with the jaw dropped by ``opening`` (T,) in [0, 1].
+    Vertices past the head surface (the mouth cavity) stay where they are."""
+    w = np.zeros(len(template))
+    head_w = jaw_weights()
+    w[:len(head_w)] = head_w
     verts = np.repeat(template[None], len(opening), axis=0)
     verts[:, :, 1] -= OPEN_MAX * opening[:, None] * w[None, :]
     verts[:, :, 2] -= 0.3 * OPEN_MAX * opening[:, None] * np.clip(w, 0, None)[None, :]  # jaw swings back
@@ -215,7 +250,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     wave = speak(args.text)
     sf.write(str(args.out / "speech.wav"), wave, SAMPLE_RATE, subtype="PCM_16")
-    template, faces = head_template(), head_faces()
+    template, faces = head_mesh()
     (args.out / "template.obj").write_text(obj_text(template, obj_faces_text(faces)))
     verts = animate(template, loudness_envelope(wave))
     np.savez_compressed(args.out / "sequence.npz", verts=verts.astype(np.float16),

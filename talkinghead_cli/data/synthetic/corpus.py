@@ -1,0 +1,265 @@
+"""The synthetic corpus writer behind ``avtalk synth`` (FaceFormer's VOCASET layout).
+
+OUT/ after a run::
+
+    wav/<subject>_sentenceNN.wav            16 kHz mono PCM16
+    vertices_npy/<subject>_sentenceNN.npy   (T, V*3) float32 at ``fps``
+    blendshapes_npy/<subject>_sentenceNN.npy (T, K) float32 ARKit weights
+    templates.pkl                           {subject: (V, 3) float32}
+    sentencestext/<subject>.txt             line n = sentence n
+    regions/lve.txt, regions/fdd.txt        lip / upper-face vertex indices
+    faces.npy                               (F, 3) int64 rig topology
+    manifest.json                           rig, subjects (voice, style, split), utterances
+
+Splits: train subjects speak sentences from three disjoint pools (train / val / test), so
+val and test sentences are never seen in training; ``test_b`` subjects are extra
+speakers with voices (backend variant and dialect) that no train subject uses.
+
+Everything derives from ``seed``; the same settings give byte-identical files. The run
+builds in ``.<OUT>.synth-partial`` beside OUT and renames it at the end; ``resume``
+keeps the utterances a previous interrupted run finished there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from talkinghead_cli import __version__
+from talkinghead_cli.atomic import _check_parent, atomic_file
+from talkinghead_cli.audio import SAMPLE_RATE, save_wav
+from talkinghead_cli.data.synthetic.articulation import Style, articulate
+from talkinghead_cli.data.synthetic.rig import Rig, load_rig
+from talkinghead_cli.data.synthetic.tts import Voice, check_voice, synthesize
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.progress import ProgressFn, report
+
+FORMAT = "avtalk-synthetic/1"
+# Voices: (backend, name). Train and test-B pools share no variant and no dialect.
+TRAIN_VOICES = [("piper", "joe")] + [("espeak", f"en-us+{v}") for v in
+                                     ("m1", "f1", "m3", "f2", "m2", "f3", "m4", "f4", "klatt", "m5")]
+TEST_B_VOICES = [("espeak", "en-gb-x-rp+m7"), ("espeak", "en-gb-scotland+f5"), ("espeak", "en-029+m6"),
+                 ("espeak", "en-us-nyc+klatt3")]
+
+
+class SynthConfig(BaseModel):
+    """Settings of one ``avtalk synth`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: Path
+    subjects: int = Field(12, ge=1, le=200)
+    sentences: int = Field(40, ge=1, le=999)
+    rig: Optional[Path] = None
+    tts: list[str] = ["piper", "espeak"]
+    fps: float = Field(30.0, gt=0, le=240)
+    seed: int = Field(0, ge=0)
+    sentences_file: Optional[Path] = None
+    resume: bool = False
+    blinks: bool = True
+    test_b_subjects: Optional[int] = Field(None, ge=0)
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(list(keys)))
+
+
+def plan_subjects(cfg: SynthConfig) -> list[dict]:
+    """Subject names, voices, styles and splits (deterministic in ``cfg.seed``)."""
+    for b in cfg.tts:
+        if b not in ("piper", "espeak"):
+            raise UserError(f"unknown TTS backend {b!r}", None, "use --tts piper, espeak or piper,espeak")
+    n_b = cfg.test_b_subjects if cfg.test_b_subjects is not None else (max(1, round(cfg.subjects / 6))
+                                                                       if cfg.subjects >= 3 else 0)
+    n_b = min(n_b, cfg.subjects - 1)
+    train_pool = [v for v in TRAIN_VOICES if v[0] in cfg.tts]
+    b_pool = [v for v in TEST_B_VOICES if v[0] in cfg.tts] or [("piper", "joe")]
+    subjects = []
+    for i in range(cfg.subjects):
+        is_b = i >= cfg.subjects - n_b
+        pool, j = (b_pool, i - (cfg.subjects - n_b)) if is_b else (train_pool, i)
+        backend, name = pool[j % len(pool)]
+        rng = _rng(cfg.seed, 1, i)
+        voice = Voice(backend, name, rate=round(float(rng.uniform(0.88, 1.12)), 3),
+                      pitch=int(rng.integers(35, 66)), range=int(rng.integers(35, 76)))
+        style = Style(amplitude=float(rng.uniform(0.85, 1.15)), jaw=float(rng.uniform(0.8, 1.2)),
+                      lips=float(rng.uniform(0.8, 1.2)), blink_rate=float(rng.uniform(0.2, 0.4)) if cfg.blinks else 0.0)
+        tag = "B" if is_b else "S"
+        subjects.append({"name": f"Synth{tag}{i + 1:02d}_{backend}", "index": i, "voice": voice,
+                         "style": Style(**style.to_json()), "split": "test_b" if is_b else "train"})
+    return subjects
+
+
+def plan_sentences(cfg: SynthConfig, sentences: list[str], subjects: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """Per subject: [(text, split)] for sentence numbers 1..M.
+
+    The sentence list is shuffled and cut into train (80%), val (10%) and test (10%)
+    pools; a train subject takes 80/10/10% of its M sentences from them, a test-B
+    subject takes all from the test pool.
+    """
+    order = _rng(cfg.seed, 2).permutation(len(sentences))
+    n = len(sentences)
+    n_val = n_test = max(1, n // 10) if n >= 3 else 0
+    pools = {"val": [sentences[k] for k in order[:n_val]],
+             "test": [sentences[k] for k in order[n_val:n_val + n_test]],
+             "train": [sentences[k] for k in order[n_val + n_test:]]}
+    m = cfg.sentences
+    m_val = m_test = max(1, round(0.1 * m)) if m >= 3 and n_val else 0
+    out = {}
+    for s in subjects:
+        rng = _rng(cfg.seed, 3, s["index"])
+        if s["split"] == "test_b":
+            want = [("test" if pools["test"] else "train", m)]
+        else:
+            want = [("train", m - m_val - m_test), ("val", m_val), ("test", m_test)]
+        items: list[tuple[str, str]] = []
+        for pool, count in want:
+            src = pools[pool]
+            picks = rng.choice(len(src), size=count, replace=count > len(src)) if count else []
+            items += [(src[k], s["split"] if s["split"] == "test_b" else pool) for k in picks]
+        out[s["name"]] = items
+    return out
+
+
+def identity_template(rig: Rig, seed: int, index: int) -> np.ndarray:
+    """A subject's neutral head: anisotropic scale (+-4%) and a smooth bump field (<= 2 mm).
+
+    Returns (V, 3) float32. Rigid parts (eyes, teeth) move with the same smooth field, so
+    nothing detaches.
+    """
+    rng = _rng(seed, 4, index)
+    p = rig.template.astype(np.float64)
+    head = p[rig.head]
+    centre = head.mean(axis=0)
+    scale = 1.0 + rng.uniform(-0.04, 0.04, size=3)
+    out = centre + (p - centre) * scale
+    size = float(np.ptp(head[:, 1]))
+    for _ in range(6):
+        c = head[rng.integers(len(head))]
+        amp = rng.normal(0.0, 0.001, size=3).clip(-0.002, 0.002)
+        w = np.exp(-np.sum((p - c) ** 2, axis=1) / (2 * (0.2 * size) ** 2))
+        out += w[:, None] * amp
+    return out.astype(np.float32)
+
+
+def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, split: str,
+               cfg: SynthConfig, work: Path, speech=None) -> dict:
+    """Synthesize, articulate and write one utterance; returns its manifest entry."""
+    uid = f"{subj['name']}_sentence{nn:02d}"
+    if speech is None:
+        speech = synthesize(text, subj["voice"])
+    frames = int(round(speech.duration * cfg.fps))
+    weights = articulate(speech.segments, frames, cfg.fps, rig.names, subj["style"],
+                         seed=int(_rng(cfg.seed, 5, subj["index"], nn).integers(2 ** 31)))
+    verts = rig.pose(weights, template).reshape(frames, -1)
+    save_wav(work / "wav" / f"{uid}.wav", speech.wave, SAMPLE_RATE)
+    np.save(work / "vertices_npy" / f"{uid}.npy", verts.astype(np.float32))
+    np.save(work / "blendshapes_npy" / f"{uid}.npy", weights.astype(np.float32))
+    entry = {"id": uid, "subject": subj["name"], "sentence": nn, "text": text, "split": split,
+             "num_frames": frames, "duration": round(speech.duration, 6),
+             "phonemes": [[a, b, s] for a, b, s in speech.segments]}
+    with atomic_file(work / "parts" / f"{uid}.json") as tmp:  # written last: marks it done
+        tmp.write_text(json.dumps(entry))
+    return entry
+
+
+def _prepare_work(cfg: SynthConfig, settings: dict) -> Path:
+    out = Path(cfg.out)
+    parent = _check_parent(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
+        raise UserError("the output path exists and is not an avtalk corpus", out,
+                        "choose a new or empty folder (an existing corpus is replaced)")
+    work = parent / f".{out.name}.synth-partial"
+    saved = work / "settings.json"
+    if work.exists() and cfg.resume:
+        if not saved.exists() or json.loads(saved.read_text()) != settings:
+            raise UserError("the unfinished run used other settings", work,
+                            "rerun with the same options, or without --resume to start over")
+    elif work.exists():
+        shutil.rmtree(work)
+    for sub in ("wav", "vertices_npy", "blendshapes_npy", "sentencestext", "regions", "parts"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(settings, sort_keys=True))
+    return work
+
+
+def _settings(cfg: SynthConfig, sentences: list[str], extra: dict | None = None) -> dict:
+    return {"subjects": cfg.subjects, "sentences": cfg.sentences, "rig": str(cfg.rig) if cfg.rig else None,
+            "tts": list(cfg.tts), "fps": cfg.fps, "seed": cfg.seed, "blinks": cfg.blinks,
+            "test_b_subjects": cfg.test_b_subjects, "sentence_list": sentences, **(extra or {})}
+
+
+def _finish(work: Path, out: Path, rig: Rig, templates: dict, texts: dict, entries: list[dict],
+            manifest_extra: dict) -> None:
+    """Write the corpus-level files and move the folder into place."""
+    np.save(work / "faces.npy", rig.faces.astype(np.int64))
+    (work / "regions" / "lve.txt").write_text(" ".join(map(str, rig.lip_indices.tolist())) + "\n")
+    (work / "regions" / "fdd.txt").write_text(" ".join(map(str, rig.upper_face_indices.tolist())) + "\n")
+    with open(work / "templates.pkl", "wb") as f:
+        pickle.dump({k: np.asarray(v, np.float32) for k, v in templates.items()}, f, protocol=4)
+    for name, lines in texts.items():
+        (work / "sentencestext" / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    manifest = {"format": FORMAT, "generator": f"avtalk {__version__}", **manifest_extra,
+                "rig": rig.info(), "utterances": entries}
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(work / "parts")
+    (work / "settings.json").unlink()
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.synth-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(work, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
+    """Write a synthetic corpus to ``cfg.out``; returns a summary.
+
+    Progress is reported in utterances. Raises UserError for a bad rig, sentences file,
+    voice or output folder; nothing is left at ``cfg.out`` on failure.
+    """
+    from talkinghead_cli.data.synthetic.sentences import load_sentences
+
+    sentences = load_sentences(cfg.sentences_file)
+    rig = load_rig(cfg.rig)
+    subjects = plan_subjects(cfg)
+    for s in subjects:
+        check_voice(s["voice"])
+    plan = plan_sentences(cfg, sentences, subjects)
+    work = _prepare_work(cfg, _settings(cfg, sentences))
+    total = sum(len(v) for v in plan.values())
+    done = 0
+    entries, templates, texts = [], {}, {}
+    report(progress, 0, total)
+    for subj in subjects:
+        template = identity_template(rig, cfg.seed, subj["index"])
+        templates[subj["name"]] = template
+        texts[subj["name"]] = [t for t, _ in plan[subj["name"]]]
+        for nn, (text, split) in enumerate(plan[subj["name"]], start=1):
+            part = work / "parts" / f"{subj['name']}_sentence{nn:02d}.json"
+            if part.exists():
+                entries.append(json.loads(part.read_text()))
+            else:
+                entries.append(_utterance(rig, template, subj, nn, text, split, cfg, work))
+            done += 1
+            report(progress, done, total)
+    subj_json = {s["name"]: {"voice": s["voice"].to_json() | {"id": s["voice"].id}, "style": s["style"].to_json(),
+                             "split": s["split"]} for s in subjects}
+    fps = int(cfg.fps) if float(cfg.fps).is_integer() else cfg.fps
+    extra = {"fps": fps, "sample_rate": SAMPLE_RATE, "seed": cfg.seed, "tts": list(cfg.tts),
+             "sentences_source": str(cfg.sentences_file) if cfg.sentences_file else "builtin",
+             "splits": {"train": "train subjects, train sentences", "val": "train subjects, unseen sentences",
+                        "test": "train subjects, unseen sentences",
+                        "test_b": "unseen subjects with unseen voices, test sentences"},
+             "subjects": subj_json}
+    _finish(work, Path(cfg.out), rig, templates, texts, entries, extra)
+    return {"out": str(cfg.out), "utterances": len(entries), "subjects": len(subjects),
+            "seconds": round(sum(e["duration"] for e in entries), 2)}

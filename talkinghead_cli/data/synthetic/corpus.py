@@ -64,6 +64,7 @@ class SynthConfig(BaseModel):
     resume: bool = False
     blinks: bool = True
     test_b_subjects: Optional[int] = Field(None, ge=0)
+    from_recordings: Optional[Path] = None
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -228,6 +229,8 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     """
     from talkinghead_cli.data.synthetic.sentences import load_sentences
 
+    if cfg.from_recordings is not None:
+        return label_recordings(cfg, progress)
     sentences = load_sentences(cfg.sentences_file)
     rig = load_rig(cfg.rig)
     subjects = plan_subjects(cfg)
@@ -262,4 +265,60 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
              "subjects": subj_json}
     _finish(work, Path(cfg.out), rig, templates, texts, entries, extra)
     return {"out": str(cfg.out), "utterances": len(entries), "subjects": len(subjects),
+            "seconds": round(sum(e["duration"] for e in entries), 2)}
+
+
+def _recording_pairs(folder: Path) -> list[tuple[Path, str]]:
+    if not folder.is_dir():
+        raise UserError("the recordings folder does not exist", folder, "pass a folder of WAV + TXT pairs")
+    pairs = []
+    for wav in sorted(folder.glob("*.wav")):
+        txt = wav.with_suffix(".txt")
+        if not txt.exists():
+            raise UserError("recording without a transcript", wav, f"add {txt.name} with the spoken words")
+        try:
+            pairs.append((wav, txt.read_text(encoding="utf-8").strip()))
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError("cannot read the transcript", txt, "save it as UTF-8 text") from e
+    if not pairs:
+        raise UserError("no .wav files in the recordings folder", folder, "put NAME.wav + NAME.txt pairs there")
+    return pairs
+
+
+def label_recordings(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
+    """Label a folder of WAV + TXT pairs: forced alignment, articulation, same layout.
+
+    One subject (``Recorded_<folder>``) on the rig's own template; every utterance is in
+    the ``train`` split; the source file of each is kept in the manifest.
+    """
+    import re
+
+    from talkinghead_cli.audio import load_audio
+    from talkinghead_cli.data.synthetic.align import align
+    from talkinghead_cli.data.synthetic.tts import Speech
+
+    folder = Path(cfg.from_recordings)
+    pairs = _recording_pairs(folder)
+    rig = load_rig(cfg.rig)
+    name = "Recorded_" + (re.sub(r"[^A-Za-z0-9]+", "", folder.resolve().name) or "speaker")
+    subj = {"name": name, "index": 0, "voice": Voice("recording", folder.name), "split": "train",
+            "style": Style(blink_rate=0.3 if cfg.blinks else 0.0)}
+    speeches = []
+    for wav, text in pairs:  # align everything first: a bad pair fails before any writing
+        wave = load_audio(wav, SAMPLE_RATE)
+        speeches.append(Speech(wave=wave, segments=align(wave, text, wav)))
+    work = _prepare_work(cfg, {"from_recordings": str(folder.resolve()), "fps": cfg.fps, "seed": cfg.seed,
+                               "rig": str(cfg.rig) if cfg.rig else None, "blinks": cfg.blinks})
+    entries = []
+    for nn, ((wav, text), speech) in enumerate(zip(pairs, speeches), start=1):
+        entry = _utterance(rig, rig.template, subj, nn, text, "train", cfg, work, speech=speech)
+        entries.append(entry | {"source": wav.name})
+        report(progress, nn, len(pairs))
+    fps = int(cfg.fps) if float(cfg.fps).is_integer() else cfg.fps
+    extra = {"fps": fps, "sample_rate": SAMPLE_RATE, "seed": cfg.seed, "tts": [], "aligner": "pocketsphinx",
+             "sentences_source": str(folder),
+             "subjects": {name: {"voice": {"id": f"recording:{folder.name}"}, "style": subj["style"].to_json(),
+                                 "split": "train"}}}
+    _finish(work, Path(cfg.out), rig, {name: rig.template}, {name: [t for _, t in pairs]}, entries, extra)
+    return {"out": str(cfg.out), "utterances": len(entries), "subjects": 1,
             "seconds": round(sum(e["duration"] for e in entries), 2)}

@@ -153,3 +153,114 @@ def render_cmd(
     audio_note = "" if result.audio_duration is None else f", audio {result.audio_duration:.2f} s"
     out.print(f"{result.path} ({result.frames} frames at {result.fps:g} fps, {result.duration:.2f} s{audio_note})",
               highlight=False, soft_wrap=True)
+
+
+# --- train, animate (owner: datasets, trainer and animate) ---
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="vocaset, biwi or synthetic."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="The dataset folder (FaceFormer layout)."),
+    run_dir: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>-<animator>]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
+    animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
+    size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),
+    stage: Optional[int] = typer.Option(None, "--stage", help="CodeTalker stage: 1 (motion codebook) or 2."),
+    config: Optional[Path] = typer.Option(None, "--config", help="train.json/.yaml whose values the flags override."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per optimizer step."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (e.g. CodeTalker stage 1's best.pt)."),
+    faces_from: Optional[Path] = typer.Option(None, "--faces-from", help="Mesh file giving the dataset's faces."),
+    keep_60fps: Optional[bool] = typer.Option(None, "--keep-60fps", help="VOCASET: keep 60 fps instead of [::2]."),
+) -> None:
+    """Train an animator on VOCASET, BIWI or the synthetic corpus."""
+    from talkinghead_cli.config import TrainConfig, build_config, read_config_file
+    from talkinghead_cli.training.trainer import train
+
+    base = read_config_file(config) if config else {}
+    flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs, animator=animator,
+                 size=size, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
+                 batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps)
+    cfg = build_config(TrainConfig, base, flags, config)
+
+    def log(event: dict) -> None:
+        if event["event"] == "start":
+            how = f"resuming after epoch {event['epoch']}" if event["resumed"] else "starting"
+            console.print(f"{how}: {event['train']} training / {event['val']} validation sequences on "
+                          f"{event['device']} (x{event['world']})", highlight=False)
+        elif event["event"] == "epoch":
+            val = "  ".join(f"{k[4:].upper()} {v:.4g}" for k, v in event.items() if k.startswith("val_"))
+            mark = "  [green]best[/green]" if event["best"] else ""
+            console.print(f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4g}  {val}{mark}",
+                          highlight=False)
+
+    with progress_bar("training", unit="sequences") as progress:
+        result = train(cfg, progress=progress, log=log)
+    best = f", best epoch {result.best_epoch}" if result.best_epoch else ""
+    out.print(f"{result.run_dir} (last.pt, best.pt{best})", highlight=False, soft_wrap=True)
+
+
+@app.command("animate")
+def animate_cmd(
+    audio: Path = typer.Argument(..., help="Speech file (WAV/FLAC/OGG) or a folder of them."),
+    template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh with the model's topology [default: its training template]."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train)."),
+    style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
+    fmt: str = typer.Option("obj", "--format", help="Mesh sequence format: obj, ply or npy."),
+    no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),
+) -> None:
+    """Animate a face mesh from speech: vertices.npy, meshes, preview.mp4, animation.json."""
+    from talkinghead_cli.animate import animate
+    from talkinghead_cli.config import AnimateConfig, build_config
+
+    if checkpoint is None:
+        raise UserError("no animator checkpoint given", None, "pass --checkpoint RUN_DIR/best.pt")
+    cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
+                                               style=style, format=fmt, video=not no_video, device=device,
+                                               allow_long=allow_long))
+    with progress_bar("animating", unit="frames") as progress:
+        results = animate(cfg, progress=progress)
+    for r in results:
+        out.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s)",
+                  highlight=False, soft_wrap=True)
+
+
+# --- synth (owner: synthetic corpus) ---
+@app.command("synth")
+def synth_cmd(
+    out_dir: Path = typer.Argument(..., help="Corpus folder to write (VOCASET layout, written atomically)."),
+    subjects: int = typer.Option(12, "--subjects", help="Number of speakers (about 1 in 6 become test-B speakers)."),
+    sentences: int = typer.Option(40, "--sentences", help="Sentences per speaker."),
+    rig: Optional[Path] = typer.Option(None, "--rig", help="GLB/glTF face with ARKit morph targets [default: facecap.glb from openfacefx]."),
+    tts: str = typer.Option("piper,espeak", "--tts", help="TTS backends, comma-separated: piper, espeak."),
+    fps: float = typer.Option(30.0, "--fps", help="Frame rate of the vertex sequences."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical files."),
+    sentences_file: Optional[Path] = typer.Option(None, "--sentences-file", help="Own sentence list, one a line."),
+    from_recordings: Optional[Path] = typer.Option(None, "--from-recordings", help="Label a folder of NAME.wav + NAME.txt pairs instead of synthesizing."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run with the same options."),
+    no_blinks: bool = typer.Option(False, "--no-blinks", help="No procedural blinks."),
+) -> None:
+    """Build a synthetic talking-face corpus: TTS speech, phoneme timing, an ARKit rig's lips."""
+    from pydantic import ValidationError
+
+    from talkinghead_cli.data.synthetic.corpus import SynthConfig, build_corpus
+
+    try:
+        cfg = SynthConfig(out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
+                          tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
+                          sentences_file=sentences_file, from_recordings=from_recordings, resume=resume,
+                          blinks=not no_blinks)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"invalid --{'-'.join(map(str, err['loc']))}: {err['msg']}", None, "see avtalk synth --help")
+    with progress_bar("synthesizing", unit="utterances") as progress:
+        result = build_corpus(cfg, progress=progress)
+    out.print(f"{result['out']} ({result['utterances']} utterances, {result['subjects']} subjects, "
+              f"{result['seconds']:.1f} s of speech)", highlight=False, soft_wrap=True)

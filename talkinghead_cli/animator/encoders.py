@@ -115,7 +115,7 @@ class MelEncoder(nn.Module):
     rate = 50.0
 
     def __init__(self, sample_rate: int, dim: int, n_layers: int, n_heads: int, window: int,
-                 dropout: float = 0.1, chunk_seconds: float = 30.0):
+                 dropout: float = 0.1):
         super().__init__()
         self.logmel = LogMel(sample_rate)
         self.conv1 = nn.Conv1d(80, dim, 3, padding=1)
@@ -124,7 +124,8 @@ class MelEncoder(nn.Module):
             DecoderLayer(dim, n_heads, 2 * dim, dropout, cross=False, activation="gelu")
             for _ in range(n_layers))
         self.window, self.out_dim = window, dim
-        self.chunk = max(int(chunk_seconds * self.rate), 1)
+        # attention is local, so short windows cost less than one long one (same result)
+        self.chunk = max(256, 4 * n_layers * window)
 
     def _transformer(self, x: Tensor) -> Tensor:
         mask = band_mask(x.shape[1], self.window, x.device).to(x.dtype)[None]
@@ -226,7 +227,7 @@ def build_encoder(cfg) -> nn.Module:
     """The audio encoder named by ``cfg.encoder`` (fills ``cfg.encoder_config`` for hf)."""
     if cfg.encoder == "mel":
         return MelEncoder(cfg.sample_rate, cfg.mel_dim, cfg.mel_layers, cfg.mel_heads,
-                          cfg.mel_window, cfg.dropout, cfg.chunk_seconds)
+                          cfg.mel_window, cfg.dropout)
     enc = HFEncoder(cfg.encoder[3:], cfg.sample_rate, cfg.encoder_config, cfg.chunk_seconds)
     if cfg.encoder_config is None:
         object.__setattr__(cfg, "encoder_config", enc.config_dict())

@@ -74,7 +74,7 @@ class FaceFormer(Animator):
         """
         self.check_inputs(audio, template, style, target)
         if target is None:
-            return self.predict_reference.__wrapped__(self, audio, template, style)
+            return self._reference_loop(audio, template, style, None, None)
         b, t = target.shape[:2]
         mem = self.encode_audio(audio, t)
         prev = torch.cat([torch.zeros_like(target[:, :1]), target[:, :-1] - template[:, None]], 1)
@@ -110,14 +110,14 @@ class FaceFormer(Animator):
             # feedback: vertice_map(vertice_map_r(h)) folded into one (d x d) map
             w_in, w_out = self.vertice_map.weight, self.vertice_map_r.weight
             fold_w = w_in @ w_out
-            fold_b = w_in @ self.vertice_map_r.bias + self.vertice_map.bias
+            fold_b = w_in @ self.vertice_map_r.bias + self.vertice_map.bias + style_emb  # (B, 1, d)
             x = (self.vertice_map.bias + style_emb).to(mem.dtype)  # (B, 1, d): zero offsets
             hs = mem.new_empty(b, t_total, d)
             every = max(1, int(self.fps))
             for t in range(t_total):
                 h = self.transformer_decoder.step(x + pe[t], state, t)
                 hs[:, t] = h[:, 0]
-                x = F.linear(h, fold_w, fold_b) + style_emb
+                x = torch.baddbmm(fold_b, h, fold_w.T.expand(b, d, d))
                 if (t + 1) % every == 0 or t + 1 == t_total:
                     report(progress, t + 1, t_total)
             return self.vertice_map_r(hs).view(b, t_total, -1, 3) + template[:, None]
@@ -126,6 +126,13 @@ class FaceFormer(Animator):
     def predict_reference(self, audio: Tensor, template: Tensor, style: Tensor,
                           num_frames: int | None = None, progress=None) -> Tensor:
         """The plain autoregressive loop, O(t^2) at step t (for tests and benchmarks)."""
+        self.check_inputs(audio, template, style)
+        with self.evaluating():
+            return self._reference_loop(audio, template, style, num_frames, progress)
+
+    def _reference_loop(self, audio: Tensor, template: Tensor, style: Tensor,
+                        num_frames: int | None, progress) -> Tensor:
+        """Re-run the decoder on all frames so far at every step; (B, T, V, 3)."""
         t_total = num_frames or self.num_frames(audio.shape[1])
         mem = self.encode_audio(audio, t_total)
         style_emb = self.style_embedding(style)

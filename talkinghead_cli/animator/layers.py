@@ -118,11 +118,11 @@ class Attention(nn.MultiheadAttention):
 
 
 class SelfCache:
-    """Preallocated keys/values of one self-attention layer: (B, H, T_max, dh) each."""
+    """Preallocated keys/values of one self-attention layer: (B*H, T_max, dh) each."""
 
     def __init__(self, b: int, h: int, t_max: int, dh: int, like: Tensor):
-        self.k = like.new_zeros(b, h, t_max, dh)
-        self.v = like.new_zeros(b, h, t_max, dh)
+        self.k = like.new_zeros(b * h, t_max, dh)
+        self.v = like.new_zeros(b * h, t_max, dh)
 
 
 class DecoderLayer(nn.Module):
@@ -173,15 +173,22 @@ class DecoderLayer(nn.Module):
 
         Args:
             cache: keys/values of frames < t (frame t is written here).
-            bias: (H, 1, t+1) self-attention bias row, or None for no mask.
+            bias: (B*H, 1, t+1) additive self-attention bias row, or None.
             cross: from ``precompute_cross`` (decoder layers only).
         """
-        d = x.shape[-1]
+        b, _, d = x.shape
         h = self.self_attn.num_heads
-        qkv = self.self_attn.project(x, slice(0, 3 * d))
-        cache.k[:, :, t] = qkv[:, 0, d:2 * d].reshape(-1, h, d // h)
-        cache.v[:, :, t] = qkv[:, 0, 2 * d:].reshape(-1, h, d // h)
-        a = self.self_attn.attend(qkv[..., :d], cache.k[:, :, : t + 1], cache.v[:, :, : t + 1], bias)
+        qkv = self.self_attn.project(x, slice(0, 3 * d)).view(b, 3, h, d // h).transpose(0, 1)
+        cache.k[:, t] = qkv[1].reshape(b * h, d // h)
+        cache.v[:, t] = qkv[2].reshape(b * h, d // h)
+        q = qkv[0].reshape(b * h, 1, d // h)
+        keys, values = cache.k[:, : t + 1], cache.v[:, : t + 1]
+        if bias is None:
+            scores = torch.bmm(q, keys.transpose(1, 2)) * (d // h) ** -0.5
+        else:  # bias: (B*H, 1, t+1)
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=(d // h) ** -0.5)
+        a = torch.bmm(torch.softmax(scores, -1), values).view(b, 1, d)
+        a = self.self_attn.out_proj(a)
         x = self.norm1(x + a)
         if self.multihead_attn is None:
             return self.norm2(x + self._ffn(x))
@@ -223,6 +230,7 @@ class BiasedDecoder(nn.Module):
         b, d = like.shape[0], like.shape[-1]
         dh = d // self.n_heads
         bias = distance_bias(self.n_heads, t_max, self.period, like.device).to(like.dtype)
+        bias = bias.repeat(b, 1)  # (B*H, T_max), batch-major like the caches
         return {
             "caches": [SelfCache(b, self.n_heads, t_max, dh, like) for _ in self.layers],
             "cross": [layer.precompute_cross(mem, k) for layer in self.layers] if self.cross else None,
@@ -231,7 +239,7 @@ class BiasedDecoder(nn.Module):
 
     def step(self, x: Tensor, state: dict, t: int) -> Tensor:
         """Frame t. x: (B, 1, d) -> (B, 1, d)."""
-        row = state["bias_rev"][:, state["t_max"] - 1 - t:][:, None, :]  # (H, 1, t+1)
+        row = state["bias_rev"][:, None, state["t_max"] - 1 - t:]  # (B*H, 1, t+1)
         for i, layer in enumerate(self.layers):
             cross = state["cross"][i] if self.cross else None
             x = layer.step(x, state["caches"][i], t, row, cross)

@@ -1,0 +1,248 @@
+"""Speech in, mesh sequence out: the library function behind ``avtalk animate``.
+
+``animate(cfg)`` loads an animator checkpoint, a template and the speech, predicts the
+vertex sequence and writes, atomically, into ``cfg.out``::
+
+    vertices.npy     (T, V, 3) float32
+    meshes/          frame_00000.obj ... (or .ply), or nothing more for --format npy
+    preview.mp4      the sequence rendered with the speech (unless --no-video)
+    animation.json   fps, sample rate, model, template, duration, frames, style
+
+A folder of WAVs gives one such set per file under ``out/<stem>/``.
+
+Long audio is animated in windows of ``window_seconds`` that overlap by
+``overlap_seconds``, linearly cross-faded in vertex space; window sizes in frames come
+from the model's own fps and sample rate. Only one window's model state is alive at a
+time and the vertices are written into a memory-mapped ``vertices.npy``, so memory stays
+bounded however long the speech. Shapes: S samples, T frames, V vertices, F faces.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talkinghead_cli.atomic import atomic_dir
+from talkinghead_cli.audio import load_audio
+from talkinghead_cli.config import AnimateConfig
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.mesh import Mesh, load_template, write_sequence
+from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.training.checkpoint import load_checkpoint
+from talkinghead_cli.training.trainer import resolve_device
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+@dataclass
+class AnimationResult:
+    """What was written for one speech file."""
+
+    audio: Path
+    out_dir: Path  # final location
+    frames: int
+    duration: float
+    fps: float
+
+
+# ----------------------------------------------------------------------------- model and inputs
+
+
+def load_animator(path: str | Path, device: torch.device):
+    """Rebuild an animator from a one-file checkpoint. Returns (model in eval mode, ckpt)."""
+    from talkinghead_cli.animator import AnimatorConfig, build_animator
+
+    ckpt = load_checkpoint(path, kind="animator")
+    try:
+        acfg = AnimatorConfig(**ckpt["config"]["animator"])
+        model = build_animator(acfg)
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint does not rebuild an animator ({type(e).__name__})", path,
+                        "pass a checkpoint written by `avtalk train`") from e
+    return model.to(device).eval(), ckpt
+
+
+def parse_style(spec: str | None, subjects: list[str], checkpoint: Path | None = None) -> torch.Tensor:
+    """Style weights over the training subjects.
+
+    Args:
+        spec: ``SUBJECT``, ``A:0.5,B:0.5`` (weights normalised to sum 1), or None for
+            the mean of all styles.
+    Returns:
+        (N_subj,) float32.
+    """
+    n = len(subjects)
+    if not spec:
+        return torch.full((n,), 1.0 / n)
+    weights = torch.zeros(n)
+    for part in spec.split(","):
+        name, _, w = part.strip().partition(":")
+        if name not in subjects:
+            raise UserError(f"unknown speaking style '{name}'", checkpoint,
+                            f"use one of: {', '.join(subjects)}")
+        try:
+            weights[subjects.index(name)] += float(w) if w else 1.0
+        except ValueError as e:
+            raise UserError(f"style weight '{w}' is not a number", None, "write --style A:0.5,B:0.5") from e
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise UserError("style weights must be non-negative and not all zero", None,
+                        "write --style A:0.5,B:0.5")
+    return weights / weights.sum()
+
+
+def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:
+    """The template to animate: ``cfg.template`` (same vertex count as the model) or the
+    checkpoint's training template."""
+    faces = None if ckpt.get("faces") is None else ckpt["faces"].numpy()
+    num_verts = int(ckpt["config"]["animator"]["num_verts"])
+    if cfg.template is None:
+        verts = ckpt["template"].numpy()
+        if faces is None:
+            return Mesh(verts.astype(np.float32), np.zeros((0, 3), np.int64))
+        return Mesh(verts.astype(np.float32), faces.astype(np.int64))
+    mesh = load_template(cfg.template, faces=faces)
+    if mesh.num_verts != num_verts:
+        raise UserError(f"the template has {mesh.num_verts} vertices, this model animates meshes of "
+                        f"{num_verts} (its training topology)", cfg.template,
+                        "give a template with the training topology (retargeting comes later)")
+    return mesh
+
+
+# ----------------------------------------------------------------------------- windowing
+
+
+def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """Frame ranges [start, end) covering ``num_frames``; neighbours share ``overlap`` frames."""
+    if window <= 2 * overlap:
+        raise ValueError("the window must be longer than twice the overlap")
+    starts = [0]
+    while starts[-1] + window < num_frames:
+        starts.append(starts[-1] + window - overlap)
+    return [(s, min(s + window, num_frames)) for s in starts]
+
+
+def crossfade_weights(overlap: int) -> np.ndarray:
+    """Weights (overlap,) of the incoming window across an overlap: a linear ramp in (0, 1)."""
+    return (np.arange(1, overlap + 1, dtype=np.float32) / (overlap + 1))
+
+
+@torch.no_grad()
+def predict_windowed(model, audio: np.ndarray, template: torch.Tensor, style: torch.Tensor,
+                     out: np.ndarray, window: int, overlap: int,
+                     progress: ProgressFn | None = None) -> np.ndarray:
+    """Animate ``audio`` window by window into ``out``.
+
+    Args:
+        audio: (S,) float32 at ``model.sample_rate``.
+        template: (V, 3) on the model's device; style: (N_subj,).
+        out: (T, V, 3) float32 to fill (may be a memory map), T = model.num_frames(S).
+        window, overlap: in frames.
+        progress: called with (frames done, T).
+    Returns:
+        ``out``.
+    """
+    total = out.shape[0]
+    spf = model.sample_rate / model.fps
+    device = template.device
+    prev_end = 0
+    for start, end in window_plan(total, window, overlap):
+        a0, a1 = int(round(start * spf)), min(len(audio), int(round(end * spf)))
+        chunk = torch.from_numpy(np.ascontiguousarray(audio[a0:a1]))[None].to(device)
+        pred = model.predict(chunk, template[None], style[None].to(device), num_frames=end - start)
+        pred = pred[0, : end - start].float().cpu().numpy()
+        shared = prev_end - start
+        if shared > 0:
+            w = crossfade_weights(shared)[:, None, None]
+            out[start:prev_end] = (1 - w) * out[start:prev_end] + w * pred[:shared]
+        out[max(start, prev_end):end] = pred[max(shared, 0):]
+        prev_end = end
+        report(progress, end, total)
+    return out
+
+
+# ----------------------------------------------------------------------------- one file
+
+
+def _speech_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise UserError("speech file or folder not found", path, "check the path")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise UserError("the folder holds no WAV/FLAC/OGG files", path, "point to speech files")
+    return files
+
+
+def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
+                 wav: Path, dest: Path, final: Path, progress: ProgressFn | None) -> AnimationResult:
+    """Write vertices.npy, meshes, preview and animation.json of one file into ``dest``."""
+    device = next(model.parameters()).device
+    audio = load_audio(wav, model.sample_rate, allow_long=cfg.allow_long)
+    fps = float(model.fps)
+    num_frames = int(model.num_frames(len(audio)))
+    dest.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(dest / "vertices.npy", mode="w+", dtype=np.float32,
+                                    shape=(num_frames, mesh.num_verts, 3))
+    window = max(2, int(round(cfg.window_seconds * fps)))
+    overlap = min(int(round(cfg.overlap_seconds * fps)), (window - 1) // 2)
+    template = torch.from_numpy(mesh.verts).to(device)
+    predict_windowed(model, audio, template, style, out, window, overlap, progress)
+    out.flush()
+    files = ["vertices.npy"]
+    needs_faces = cfg.format != "npy" or cfg.video
+    if needs_faces and len(mesh.faces) == 0:
+        raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
+                        cfg.checkpoint, "pass --template with faces, or --format npy --no-video")
+    if cfg.format != "npy":
+        write_sequence(dest / "meshes", out, mesh.faces, cfg.format, fps=fps)
+        files.append("meshes/")
+    if cfg.video:
+        from talkinghead_cli.video import render_preview
+
+        render_preview(out, mesh.faces, dest / "preview.mp4", fps=fps, audio=audio,
+                       sample_rate=model.sample_rate, template=mesh.verts)
+        files.append("preview.mp4")
+    duration = len(audio) / model.sample_rate
+    meta = {"fps": fps, "sample_rate": int(model.sample_rate), "frames": num_frames,
+            "duration": duration, "audio": str(wav),
+            "model": {"checkpoint": str(cfg.checkpoint), **_model_card(ckpt)},
+            "template": str(cfg.template) if cfg.template else "checkpoint training template",
+            "num_verts": mesh.num_verts, "style": dict(zip(ckpt["subjects"], style.tolist())),
+            "format": cfg.format, "window_frames": window, "overlap_frames": overlap, "files": files}
+    (dest / "animation.json").write_text(json.dumps(meta, indent=1))
+    return AnimationResult(wav, final, num_frames, duration, fps)
+
+
+def _model_card(ckpt: dict) -> dict:
+    a = ckpt["config"]["animator"]
+    return {"kind": a.get("kind"), "size": a.get("size"), "encoder": a.get("encoder")}
+
+
+def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[AnimationResult]:
+    """Animate one speech file, or each speech file of a folder, into ``cfg.out``.
+
+    Args:
+        progress: called with (frames predicted, total frames) per file.
+    Returns:
+        one :class:`AnimationResult` per speech file.
+    Raises:
+        UserError: bad checkpoint, template of another topology, unknown style, bad audio.
+    """
+    files = _speech_files(cfg.audio)
+    device = resolve_device(cfg.device)
+    model, ckpt = load_animator(cfg.checkpoint, device)
+    mesh = resolve_template(cfg, ckpt)
+    style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
+    results = []
+    with atomic_dir(cfg.out) as tmp:
+        for wav in files:
+            sub = "" if cfg.audio.is_file() else wav.stem
+            results.append(_animate_one(cfg, model, ckpt, mesh, style, wav, tmp / sub,
+                                        Path(cfg.out) / sub, progress))
+    return results

@@ -1,0 +1,126 @@
+"""Pydantic configs of ``avtalk train`` and ``avtalk animate``.
+
+A config file (JSON, or YAML when PyYAML is installed) gives the base values; command
+line flags that were given override them. Unknown keys are refused, so a typo in a
+config file is an error rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from talkinghead_cli.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainConfig(_Strict):
+    """Everything ``avtalk train`` needs; stored in every checkpoint it writes."""
+
+    dataset: Literal["vocaset", "biwi", "synthetic"]
+    data_root: Path
+    run_dir: Optional[Path] = None  # default runs/<dataset>-<animator>
+    epochs: int = Field(100, ge=1)
+    animator: Literal["faceformer", "codetalker"] = "faceformer"
+    size: Literal["tiny", "vocaset", "biwi"] = "tiny"
+    stage: Literal[1, 2] = 2
+    encoder: str = "mel"
+    animator_options: dict[str, Any] = Field(default_factory=dict)
+    init_from: Optional[Path] = None  # e.g. the CodeTalker stage-1 run's best.pt for stage 2
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(1, ge=1)  # sequences per optimizer step (gradients accumulated)
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    lip_weight: float = Field(1.0, ge=0)  # lambda_rlv: MSE over lip vertices, when known
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, on CUDA only
+    keep_60fps: bool = False
+    faces_from: Optional[Path] = None
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _default_run_dir(self) -> "TrainConfig":
+        if self.run_dir is None:
+            self.run_dir = Path("runs") / f"{self.dataset}-{self.animator}"
+        return self
+
+
+class AnimateConfig(_Strict):
+    """Everything ``avtalk animate`` needs."""
+
+    audio: Path  # a speech file, or a folder of WAVs (each animated into out/<stem>/)
+    out: Path
+    checkpoint: Path
+    template: Optional[Path] = None  # default: the checkpoint's training template
+    style: Optional[str] = None  # SUBJECT or A:0.5,B:0.5; default: the mean of all styles
+    format: Literal["obj", "ply", "npy"] = "obj"
+    video: bool = True
+    device: str = "auto"
+    window_seconds: float = Field(60.0, gt=0)  # longer audio is animated in windows
+    overlap_seconds: float = Field(2.0, ge=0)  # cross-faded between windows
+    allow_long: bool = False
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> "AnimateConfig":
+        if self.overlap_seconds * 2 > self.window_seconds:
+            raise ValueError("overlap_seconds must be at most half of window_seconds")
+        return self
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict.
+
+    Raises:
+        UserError: missing file, bad syntax, a non-mapping document, or YAML without PyYAML.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError("config file not found", path, "check the path")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise UserError("reading YAML needs PyYAML", path, "pip install pyyaml, or use JSON") from e
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"invalid YAML ({e})".replace("\n", " "), path, "fix the syntax") from e
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"invalid JSON ({e.msg} at line {e.lineno})", path, "fix the syntax") from e
+    else:
+        raise UserError(f"unsupported config format '{suffix}'", path, "use .json, .yaml or .yml")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError("the config file must hold a mapping of option: value", path, "fix the file")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls: type[_Strict], file_values: dict[str, Any], flags: dict[str, Any],
+                 source: str | Path | None = None) -> _Strict:
+    """Merge ``flags`` (those not None) over ``file_values`` and validate as ``cls``.
+
+    Raises:
+        UserError: one line naming the first invalid or unknown option.
+    """
+    merged = dict(file_values)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cls(**merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"invalid setting '{where}': {msg}", source,
+                        "see `avtalk train --help` / `avtalk animate --help`") from e

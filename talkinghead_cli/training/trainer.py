@@ -1,0 +1,335 @@
+"""The animator trainer behind ``avtalk train``.
+
+One process, or data-parallel when launched by ``torchrun --nproc_per_node N`` (gloo on
+CPU, NCCL on CUDA; each rank takes every N-th sequence of a seeded shuffle and only rank
+0 validates and writes). One sequence per forward pass (sequences differ in length, as
+in FaceFormer); ``batch_size`` sequences are accumulated per optimizer step. Mixed
+precision on CUDA (bf16 where supported, else fp16 with loss scaling).
+
+After every epoch rank 0 validates (LVE, FDD, MVE on the validation split, predicting
+the way ``avtalk animate`` does) and writes ``RUN_DIR/last.pt`` (and ``best.pt`` when the
+validation LVE improved) atomically, plus ``metrics.json``. ``resume=True`` continues
+from ``last.pt``: an interrupted run loses at most the epoch in progress. Shuffling and
+dropout are seeded per epoch (``seed``, epoch), so a resumed run follows the same
+course as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.config import TrainConfig
+from talkinghead_cli.data.dataset import Corpus, SequenceDataset, open_corpus
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.metrics import MetricAccumulator
+from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
+from talkinghead_cli.training.losses import total_loss
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device '{name}'", None, "use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for but no GPU is available", None, "use --device cpu")
+    return dev
+
+
+class _TrainStep(torch.nn.Module):
+    """Routes ``training_loss`` through ``forward`` so DDP's gradient hooks see it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio, template, style, target):
+        return self.model.training_loss(audio, template, style, target)
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), device
+    d = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return d, device
+
+
+def _shard(n: int, epoch: int, seed: int, d: _Dist) -> list[int]:
+    """This rank's sequence indices for one epoch: a seeded shuffle, every world-th item,
+    padded by wrapping so that every rank takes the same number of steps."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    per_rank = math.ceil(n / d.world)
+    order = (order * (per_rank * d.world // n + 1))[: per_rank * d.world]
+    return order[d.rank:: d.world]
+
+
+def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
+    from talkinghead_cli.animator import AnimatorConfig, build_animator
+
+    if saved is not None:
+        acfg = AnimatorConfig(**saved)
+    else:
+        acfg = AnimatorConfig(kind=cfg.animator, size=cfg.size, encoder=cfg.encoder, stage=cfg.stage,
+                              num_verts=corpus.num_verts, subjects=corpus.train_subjects,
+                              fps=corpus.fps, sample_rate=corpus.sample_rate, **cfg.animator_options)
+    return build_animator(acfg), acfg
+
+
+def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict:
+    as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a))  # noqa: E731
+    return {
+        "kind": "animator",
+        "config": {"animator": acfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
+        "state_dict": model.state_dict(),
+        "template": as_t(corpus.templates[corpus.train_subjects[0]]),
+        "templates": {s: as_t(t) for s, t in corpus.templates.items()},
+        "faces": as_t(corpus.faces),
+        "fps": float(corpus.fps),
+        "sample_rate": int(corpus.sample_rate),
+        "subjects": list(corpus.train_subjects),
+        "lip_indices": as_t(corpus.lip_indices),
+        "upper_indices": as_t(corpus.upper_indices),
+        "vocabulary": None,
+        "extra": state,
+    }
+
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    """(autocast context factory, GradScaler) for this device."""
+    if device.type != "cuda" or not cfg.amp:
+        return contextlib.nullcontext, torch.amp.GradScaler("cuda", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype),
+            torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
+
+
+def _batch(item: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """audio (1, S), template (1, V, 3), style (1, N_subj), verts (1, T, V, 3)."""
+    return tuple(item[k][None].to(device) for k in ("audio", "template", "style", "verts"))
+
+
+@torch.no_grad()
+def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2) -> dict[str, float]:
+    """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does.
+
+    CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions.
+    """
+    model.eval()
+    corpus = dataset.corpus
+    lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
+    upper = None if corpus.upper_indices is None else torch.as_tensor(corpus.upper_indices)
+    acc = MetricAccumulator(lip, upper)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        audio, template, style, verts = _batch(item, device)
+        if stage == 1:
+            _, _, pred = model.training_loss(audio, template, style, verts)
+        else:
+            pred = model.predict(audio, template, style, num_frames=verts.shape[1])
+        acc.add(pred[0].float().cpu(), item["verts"], item["template"])
+    model.train()
+    return acc.result()
+
+
+def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset, order: list[int],
+               cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None]) -> float:
+    """One pass over ``order``; returns the mean training loss."""
+    losses = []
+    opt.zero_grad(set_to_none=True)
+    for i, idx in enumerate(order):
+        group_start = i - i % cfg.batch_size
+        group_size = min(cfg.batch_size, len(order) - group_start)
+        last_in_group = i == group_start + group_size - 1
+        audio, template, style, verts = _batch(data[idx], device)
+        sync = step_module.no_sync() if ddp and not last_in_group else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                model_loss, _, pred = step_module(audio, template, style, verts)
+                loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight)
+            scaler.scale(loss / group_size).backward()
+        if last_in_group:
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        if not math.isfinite(logs["loss"]):
+            raise UserError(f"the training loss became {logs['loss']}", cfg.run_dir,
+                            "lower --lr or check the data")
+        losses.append(logs["loss"])
+        tick(logs)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _load_resume(cfg: TrainConfig) -> dict | None:
+    if not cfg.resume:
+        return None
+    last = Path(cfg.run_dir) / "last.pt"
+    if not last.exists():
+        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
+                        "drop --resume to start a new run, or pass the run's -o folder")
+    ckpt = load_checkpoint(last, kind="animator")
+    saved = ckpt["config"]["train"]
+    for key in ("dataset", "animator", "size", "stage"):
+        if str(saved[key]) != str(getattr(cfg, key)):
+            raise UserError(f"the run was trained with {key}={saved[key]}, not {getattr(cfg, key)}",
+                            last, f"pass --{key} {saved[key]} or another -o folder")
+    return ckpt
+
+
+def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, best, improved) -> None:
+    state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+             "history": history, "best": best}
+    payload = _payload(model, acfg, cfg, corpus, state)
+    run_dir = Path(cfg.run_dir)
+    if improved:
+        save_checkpoint(run_dir / "best.pt", payload)
+    save_checkpoint(run_dir / "last.pt", payload)
+    with atomic_file(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+
+
+def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | None = None) -> TrainResult:
+    """Train an animator as ``cfg`` says; see the module docstring.
+
+    Args:
+        progress: called with (sequences done, total sequences) over all epochs.
+        log: called with ``{"event": "start"|"epoch", ...}`` dicts (epoch, loss, val metrics).
+    """
+    device = resolve_device(cfg.device)
+    d, device = _init_distributed(device)
+    try:
+        return _train(cfg, device, d, progress, log or (lambda e: None))
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
+    resumed = _load_resume(cfg)
+    if resumed is not None:
+        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items()
+                                     if k in ("lr", "batch_size", "grad_clip", "lip_weight", "seed",
+                                              "encoder", "animator_options", "keep_60fps")})
+    corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
+    torch.manual_seed(cfg.seed)
+    model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
+    _check_corpus_matches(acfg, corpus, cfg)
+    model.to(device)
+    if cfg.init_from and resumed is None:
+        init = load_checkpoint(cfg.init_from, kind="animator")
+        missing, unexpected = model.load_state_dict(init["state_dict"], strict=False)
+        log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    autocast, scaler = _autocast(device, cfg)
+    start, history, best = 0, [], {}
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        opt.load_state_dict(resumed["extra"]["optimizer"])
+        scaler.load_state_dict(resumed["extra"]["scaler"])
+        start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
+                                dict(resumed["extra"]["best"]))
+    ddp = d.world > 1
+    step_module = _TrainStep(model)
+    if ddp:
+        ids = [device.index] if device.type == "cuda" else None
+        step_module = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=ids,
+                                                                find_unused_parameters=True)
+    train_ds = SequenceDataset(corpus, corpus.split("train"), acfg.sample_rate)
+    val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
+    lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
+    per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
+    total = cfg.epochs * per_epoch
+    if d.main:
+        _clean_run_dir(Path(cfg.run_dir))
+        log({"event": "start", "epoch": start, "epochs": cfg.epochs, "train": len(train_ds),
+             "val": len(val_ds), "device": str(device), "world": d.world, "resumed": resumed is not None})
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        done = epoch * per_epoch
+        counter = {"i": 0}
+
+        def tick(logs, counter=counter, done=done):
+            counter["i"] += 1
+            report(progress if d.main else None, done + counter["i"], total)
+
+        loss = _run_epoch(step_module, model, opt, scaler, autocast, train_ds,
+                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick)
+        if d.main:
+            history, best = _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device,
+                                          epoch, loss, history, best, log)
+        if ddp:
+            dist.barrier()
+    return TrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history)
+
+
+def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, loss, history, best, log):
+    """Validate, record, save last (and best) checkpoints; rank 0 only."""
+    val = validate(model, val_ds, device, acfg.stage if acfg.kind == "codetalker" else 2) if len(val_ds) else {}
+    score = val.get("lve", loss)
+    improved = not best or score < best["score"]
+    entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
+    history = history + [entry]
+    if improved:
+        best = {"epoch": epoch + 1, "score": score, "on": "val_lve" if val else "train_loss", **entry}
+    _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved)
+    log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
+    return history, best
+
+
+def _clean_run_dir(run_dir: Path) -> None:
+    """Create the run folder and drop temporaries a killed run left behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("last.pt", "best.pt", "metrics.json"):
+        for stale in run_dir.glob(f".{name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+def _check_corpus_matches(acfg, corpus: Corpus, cfg: TrainConfig) -> None:
+    if acfg.num_verts != corpus.num_verts or list(acfg.subjects) != list(corpus.train_subjects):
+        raise UserError("the dataset does not match the run being resumed (vertex count or subjects)",
+                        cfg.data_root, "resume with the dataset the run was started on")

@@ -1,0 +1,122 @@
+"""The trainer and `avtalk train` on a tiny VOCASET-layout corpus (tiny FaceFormer, CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from talkinghead_cli.config import TrainConfig, build_config, read_config_file
+from talkinghead_cli.data import vocaset as V
+from talkinghead_cli.data.dataset import write_toy_corpus
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.training.checkpoint import load_checkpoint
+from talkinghead_cli.training.trainer import _Dist, _shard, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    subjects = {V.TRAIN_SUBJECTS[0]: [1, 2], V.TRAIN_SUBJECTS[1]: [1, 2], V.VAL_SUBJECTS[0]: [21]}
+    return write_toy_corpus(root, subjects, seconds=0.6)
+
+
+def _cli(*args, env=None, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "talkinghead_cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_train_writes_one_file_checkpoints(corpus, tmp_path):
+    cfg = TrainConfig(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "run", epochs=2, lr=1e-3)
+    events, ticks = [], []
+    result = train(cfg, progress=lambda d, t: ticks.append((d, t)), log=events.append)
+    assert ticks[-1] == (8, 8)  # 4 training sequences x 2 epochs
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    assert {"val_lve", "val_fdd", "val_mve"} <= set(result.history[-1])
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(tmp_path / "run" / name, kind="animator")
+        assert ckpt["subjects"] == V.TRAIN_SUBJECTS[:2]
+        assert ckpt["fps"] == 30.0 and ckpt["sample_rate"] == 16000
+        assert ckpt["template"].shape == (162, 3) and ckpt["faces"].shape[1] == 3
+        assert ckpt["lip_indices"].ndim == 1 and "optimizer" in ckpt["extra"]
+        assert ckpt["config"]["animator"]["kind"] == "faceformer"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["epoch"] == 2
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2
+
+
+def test_training_reduces_the_loss(corpus, tmp_path):
+    cfg = TrainConfig(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "run", epochs=6, lr=3e-3)
+    history = train(cfg).history
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_shards_are_disjoint_and_equal_sized():
+    shards = [_shard(5, 3, 0, _Dist(r, 2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert set(shards[0][:2]) | set(shards[1][:2]) | {shards[0][2]} == set(range(5))
+    assert _shard(5, 3, 0, _Dist()) != _shard(5, 4, 0, _Dist())  # reshuffled each epoch
+
+
+def test_config_file_json_and_yaml_with_flag_override(tmp_path, corpus):
+    (tmp_path / "t.json").write_text(json.dumps({"dataset": "vocaset", "data-root": str(corpus), "epochs": 7}))
+    cfg = build_config(TrainConfig, read_config_file(tmp_path / "t.json"), {"epochs": 3, "lr": None})
+    assert cfg.epochs == 3 and cfg.lr == 1e-4 and cfg.run_dir == Path("runs/vocaset-faceformer")
+    (tmp_path / "t.yaml").write_text(f"dataset: biwi\ndata_root: {corpus}\nanimator: codetalker\n")
+    cfg = build_config(TrainConfig, read_config_file(tmp_path / "t.yaml"), {})
+    assert cfg.run_dir == Path("runs/biwi-codetalker")
+    (tmp_path / "bad.json").write_text(json.dumps({"dataset": "vocaset", "data_root": "x", "epoch": 3}))
+    with pytest.raises(UserError, match="'epoch': unknown option"):
+        build_config(TrainConfig, read_config_file(tmp_path / "bad.json"), {})
+
+
+def test_resume_without_last_checkpoint_is_a_user_error(corpus, tmp_path):
+    proc = _cli("train", "--dataset", "vocaset", "--data-root", str(corpus), "-o", str(tmp_path / "r"),
+                "--resume")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "nothing to resume" in err
+
+
+def test_kill_mid_epoch_then_resume(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "vocaset", "--data-root", str(corpus), "-o", str(run), "--lr", "1e-3"]
+    proc = _cli(*args, "--epochs", "500")
+    deadline = time.time() + 180
+    while not (run / "last.pt").exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)  # inside the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(run / "last.pt")["extra"]["epoch"]
+    assert 1 <= done < 500
+    proc = _cli(*args, "--epochs", str(done + 1), "--resume")
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert f"resuming after epoch {done}" in err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["extra"]["epoch"] == done + 1
+    assert [h["epoch"] for h in ckpt["extra"]["history"]] == list(range(1, done + 2))
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no half-written files
+
+
+def test_ddp_two_cpu_processes_only_rank0_writes(corpus, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "talkinghead_cli", "train", "--dataset", "vocaset", "--data-root", str(corpus),
+           "-o", str(run), "--epochs", "1", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("starting:") == 1 and "(x2)" in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.json"]
+    assert load_checkpoint(run / "last.pt")["extra"]["epoch"] == 1

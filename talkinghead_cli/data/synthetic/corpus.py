@@ -97,6 +97,16 @@ def plan_subjects(cfg: SynthConfig) -> list[dict]:
     return subjects
 
 
+def sentence_pools(sentences: list[str], seed: int) -> dict[str, list[str]]:
+    """Shuffle (seeded) and cut into disjoint train (80%), val (10%), test (10%) pools."""
+    order = _rng(seed, 2).permutation(len(sentences))
+    n = len(sentences)
+    n_val = n_test = max(1, n // 10) if n >= 3 else 0
+    return {"val": [sentences[k] for k in order[:n_val]],
+            "test": [sentences[k] for k in order[n_val:n_val + n_test]],
+            "train": [sentences[k] for k in order[n_val + n_test:]]}
+
+
 def plan_sentences(cfg: SynthConfig, sentences: list[str], subjects: list[dict]) -> dict[str, list[tuple[str, str]]]:
     """Per subject: [(text, split)] for sentence numbers 1..M.
 
@@ -104,12 +114,8 @@ def plan_sentences(cfg: SynthConfig, sentences: list[str], subjects: list[dict])
     pools; a train subject takes 80/10/10% of its M sentences from them, a test-B
     subject takes all from the test pool.
     """
-    order = _rng(cfg.seed, 2).permutation(len(sentences))
-    n = len(sentences)
-    n_val = n_test = max(1, n // 10) if n >= 3 else 0
-    pools = {"val": [sentences[k] for k in order[:n_val]],
-             "test": [sentences[k] for k in order[n_val:n_val + n_test]],
-             "train": [sentences[k] for k in order[n_val + n_test:]]}
+    pools = sentence_pools(sentences, cfg.seed)
+    n_val = len(pools["val"])
     m = cfg.sentences
     m_val = m_test = max(1, round(0.1 * m)) if m >= 3 and n_val else 0
     out = {}

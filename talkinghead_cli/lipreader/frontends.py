@@ -1,0 +1,116 @@
+"""Front ends of the expert: a 3D-conv + 2D ResNet for lips, a 1D ResNet for the waveform.
+
+Both follow Auto-AVSR (ResNet-18 layout: four stages of two basic blocks, strides
+1, 2, 2, 2). The video front end applies its 2D trunk to every frame independently and
+pools each frame to one vector; the audio front end turns 640 waveform samples (one
+25 fps video frame at 16 kHz) into one vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_activation(kind: str, channels: int) -> nn.Module:
+    """``swish`` (SiLU), ``prelu`` (one slope per channel) or ``relu``."""
+    if kind == "swish":
+        return nn.SiLU()
+    if kind == "prelu":
+        return nn.PReLU(num_parameters=channels)
+    if kind == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    """Residual block of two 3x3 convolutions, in 2D (``dims=2``) or 1D (``dims=1``)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, activation: str, dims: int):
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv1d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.conv1 = conv(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm(c_out)
+        self.act1 = make_activation(activation, c_out)
+        self.conv2 = conv(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = norm(c_out)
+        self.act2 = make_activation(activation, c_out)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(conv(c_in, c_out, 1, stride=stride, bias=False), norm(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C_in, *spatial) -> (N, C_out, *spatial / stride)."""
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.act2(y + skip)
+
+
+class ResNetTrunk(nn.Module):
+    """Four stages (``stage1`` .. ``stage4``) of basic blocks; stage strides 1, 2, 2, 2."""
+
+    def __init__(self, c_in: int, widths, blocks, activation: str, dims: int):
+        super().__init__()
+        stages = []
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layers = [BasicBlock(c_in, width, stride, activation, dims)]
+            layers += [BasicBlock(width, width, 1, activation, dims) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            c_in = width
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class VideoFrontend(nn.Module):
+    """Conv3d(1 -> C, kernel (5,7,7), stride (1,2,2)) + BN + act + max-pool, then a 2D ResNet per frame."""
+
+    def __init__(self, stem_channels: int, widths, blocks, activation: str):
+        super().__init__()
+        self.stem_conv = nn.Conv3d(1, stem_channels, (5, 7, 7), (1, 2, 2), (2, 3, 3), bias=False)
+        self.stem_bn = nn.BatchNorm3d(stem_channels)
+        self.stem_act = make_activation(activation, stem_channels)
+        self.stem_pool = nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1))
+        self.trunk = ResNetTrunk(stem_channels, widths, blocks, activation, dims=2)
+        self.out_dim = self.trunk.out_channels
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames: (B, T, H, W) normalised grayscale -> features (B, T, C_out)."""
+        b, t = frames.shape[:2]
+        x = self.stem_pool(self.stem_act(self.stem_bn(self.stem_conv(frames.unsqueeze(1)))))
+        x = x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H', W')
+        x = self.trunk(x).mean(dim=(2, 3))  # global average pool per frame
+        return x.view(b, t, -1)
+
+
+class AudioFrontend(nn.Module):
+    """1D ResNet on the raw waveform: conv(k=80, stride 4) + 3 stride-2 stages + avg-pool 20.
+
+    Total stride 4 * 8 * 20 = 640 samples, i.e. one feature per 25 fps video frame.
+    """
+
+    samples_per_frame = 640
+
+    def __init__(self, widths, blocks, activation: str):
+        super().__init__()
+        self.stem_conv = nn.Conv1d(1, widths[0], kernel_size=80, stride=4, padding=38, bias=False)
+        self.stem_bn = nn.BatchNorm1d(widths[0])
+        self.stem_act = make_activation(activation, widths[0])
+        self.trunk = ResNetTrunk(widths[0], widths, blocks, activation, dims=1)
+        self.pool = nn.AvgPool1d(kernel_size=20, stride=20)
+        self.out_dim = self.trunk.out_channels
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """wave: (B, S) at 16 kHz -> features (B, S // 640, C_out)."""
+        s = wave.shape[1] // self.samples_per_frame * self.samples_per_frame
+        x = wave[:, :s].unsqueeze(1)
+        x = self.stem_act(self.stem_bn(self.stem_conv(x)))
+        x = self.pool(self.trunk(x))
+        return x.transpose(1, 2)

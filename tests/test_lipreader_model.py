@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+
+from talkinghead_cli.lipreader.config import base_config, tiny_config
+from talkinghead_cli.lipreader.conformer import RelPositionAttention, sinusoid
+from talkinghead_cli.lipreader.losses import expert_loss, smoothed_ce
+from talkinghead_cli.lipreader.model import LipReader, normalize_frames, resample_frames
+
+
+def _tiny(modalities="av", **kw):
+    torch.manual_seed(0)
+    return LipReader(tiny_config(31, modalities=modalities, **kw))
+
+
+def test_shapes_all_modes():
+    m = _tiny().eval()
+    video, audio = torch.randn(2, 10, 88, 88), torch.randn(2, 10 * 640)
+    tokens = torch.randint(1, 30, (2, 4))
+    for mode, v, a in [("av", video, audio), ("video", video, None), ("audio", None, audio)]:
+        ctc, att, lens = m(v, a, tokens, mode=mode)
+        assert ctc.shape == (2, 10, 31) and att.shape == (2, 4, 31) and lens.tolist() == [10, 10]
+    with pytest.raises(ValueError, match="needs audio"):
+        m(video, None, tokens, mode="av")
+
+
+def test_audio_frontend_one_feature_per_640_samples():
+    m = _tiny("audio")
+    assert m.audio_frontend(torch.randn(1, 7 * 640 + 100)).shape[:2] == (1, 7)
+
+
+def test_missing_modality_is_zero_encoder_output():
+    m = _tiny().eval()
+    video = torch.randn(1, 6, 64, 64)
+    memory, _ = m.encode(video, None, mode="video")
+    v = m.video_encoder(m.video_frontend(video), None)
+    expected = m.fusion(torch.cat([v, torch.zeros_like(v)], -1))
+    torch.testing.assert_close(memory, expected)
+
+
+def test_modality_dropout_never_drops_both():
+    m = _tiny(p_drop_video=0.5, p_drop_audio=0.5).train()
+    v, a = torch.ones(64, 3, 4), torch.ones(64, 3, 4)
+    dv, da = m._modality_dropout(v, a)
+    v_gone, a_gone = dv.sum((1, 2)) == 0, da.sum((1, 2)) == 0
+    assert not (v_gone & a_gone).any() and v_gone.any() and a_gone.any()
+    assert (v_gone | a_gone).all()  # p sums to 1: every sample loses exactly one stream
+
+
+def test_base_dimensions():
+    cfg = base_config(5049, modalities="video")
+    assert (cfg.video_encoder.layers, cfg.video_encoder.d_model, cfg.video_encoder.heads,
+            cfg.video_encoder.ffn_dim, cfg.video_encoder.conv_kernel) == (12, 768, 12, 3072, 31)
+    av = base_config(5049)
+    assert av.fusion_hidden == 8192 and av.decoder_layers == 6
+    m = LipReader(tiny_config(31))  # base layout, tiny dims: the fusion maps 2d -> hidden -> d
+    assert m.fusion.fc1.in_features == 128 and m.fusion.fc2.out_features == 64
+    assert m.video_frontend.stem_conv.kernel_size == (5, 7, 7)
+    assert m.video_frontend.stem_conv.stride == (1, 2, 2)
+
+
+def test_resample_frames_linear_and_differentiable():
+    x = torch.arange(30.0).view(1, 30, 1, 1).expand(1, 30, 2, 2).clone().requires_grad_(True)
+    y = resample_frames(x, 30.0, 25.0)
+    assert y.shape == (1, 25, 2, 2)
+    # output frame j sits at input time j * 30/25 (a ramp stays a ramp)
+    torch.testing.assert_close(y[0, :, 0, 0], torch.arange(25.0) * 1.2)
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+    torch.testing.assert_close(x.grad.sum(), torch.tensor(25.0 * 4))  # weights sum to 1 per output
+    assert resample_frames(x, 25.0, 25.0) is x
+
+
+def _rel_attention_reference(attn: RelPositionAttention, x: torch.Tensor) -> torch.Tensor:
+    """Slow loop: score(i, j) = ((q_i+u)·k_j + (q_i+v)·W p(i-j)) / sqrt(d_k)."""
+    b, t, d = x.shape
+    h, dk = attn.heads, attn.d_k
+    q, k, v = (f(x).view(b, t, h, dk) for f in (attn.q, attn.k, attn.v))
+    out = torch.zeros(b, t, h, dk)
+    for i in range(t):
+        scores = torch.zeros(b, h, t)
+        for j in range(t):
+            p = attn.pos(sinusoid(torch.tensor([float(i - j)]), d)).view(h, dk)
+            scores[:, :, j] = (((q[:, i] + attn.bias_u) * k[:, j]).sum(-1)
+                               + ((q[:, i] + attn.bias_v) * p).sum(-1)) / math.sqrt(dk)
+        w = scores.softmax(-1)
+        out[:, i] = torch.einsum("bhj,bjhd->bhd", w, v)
+    return attn.out(out.flatten(2))
+
+
+def test_relative_attention_matches_slow_reference():
+    torch.manual_seed(0)
+    attn = RelPositionAttention(16, 4, 0.0).eval()
+    x = torch.randn(2, 7, 16)
+    t = x.shape[1]
+    pos_emb = sinusoid(torch.arange(t - 1, -t, -1), 16)[None]
+    torch.testing.assert_close(attn(x, pos_emb), _rel_attention_reference(attn, x), atol=1e-5, rtol=1e-4)
+
+
+def test_smoothed_ce_matches_definition():
+    logits, target = torch.randn(1, 3, 5), torch.tensor([[1, 4, -1]])
+    loss = smoothed_ce(logits, target, 0.1)
+    logp = logits.log_softmax(-1)
+    want = torch.stack([-(0.9 * logp[0, i, y] + 0.1 / 4 * (logp[0, i].sum() - logp[0, i, y]))
+                        for i, y in enumerate([1, 4])])
+    torch.testing.assert_close(loss[0, :2], want)
+    assert loss[0, 2] == 0
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_gradient_reaches_input_frames(reduction):
+    m = _tiny("video").train()
+    frames = normalize_frames(torch.rand(2, 12, 48, 48)).requires_grad_(True)
+    out = expert_loss(m, [[5, 6, 7], [8, 9]], video=frames, reduction=reduction)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert frames.grad is not None and frames.grad.abs().sum() > 0
+    assert torch.isfinite(frames.grad).all()
+
+
+def test_loss_weights_combine():
+    m = _tiny("video").eval()
+    frames = torch.randn(1, 10, 40, 40)
+    a = expert_loss(m, [[5, 6]], video=frames, ctc_weight=0.0)
+    b = expert_loss(m, [[5, 6]], video=frames, ctc_weight=1.0)
+    c = expert_loss(m, [[5, 6]], video=frames)  # defaults 0.1 / 0.9
+    torch.testing.assert_close(a.loss, a.ce)
+    torch.testing.assert_close(b.loss, b.ctc)
+    torch.testing.assert_close(c.loss, 0.1 * c.ctc + 0.9 * c.ce)

@@ -192,6 +192,8 @@ def train_cmd(
             how = f"resuming after epoch {event['epoch']}" if event["resumed"] else "starting"
             console.print(f"{how}: {event['train']} training / {event['val']} validation sequences on "
                           f"{event['device']} (x{event['world']})", highlight=False)
+        elif event["event"] == "init":
+            console.print(f"initialised from {event['path']}", highlight=False)
         elif event["event"] == "epoch":
             val = "  ".join(f"{k[4:].upper()} {v:.4g}" for k, v in event.items() if k.startswith("val_"))
             mark = "  [green]best[/green]" if event["best"] else ""

@@ -120,3 +120,26 @@ def test_ddp_two_cpu_processes_only_rank0_writes(corpus, tmp_path):
     assert proc.stderr.count("starting:") == 1 and "(x2)" in proc.stderr
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.json"]
     assert load_checkpoint(run / "last.pt")["extra"]["epoch"] == 1
+
+
+def test_codetalker_stage1_then_stage2(corpus, tmp_path):
+    base = dict(dataset="vocaset", data_root=corpus, animator="codetalker", epochs=1, lr=1e-3)
+    with pytest.raises(UserError, match="stage-1 motion codebook"):
+        train(TrainConfig(**base, stage=2, run_dir=tmp_path / "s2"))
+    train(TrainConfig(**base, stage=1, run_dir=tmp_path / "s1"))
+    events = []
+    train(TrainConfig(**base, stage=2, run_dir=tmp_path / "s2", init_from=tmp_path / "s1" / "best.pt"),
+          log=events.append)
+    assert events[0]["event"] == "init"
+    s1 = load_checkpoint(tmp_path / "s1" / "best.pt")["state_dict"]
+    s2 = load_checkpoint(tmp_path / "s2" / "last.pt")["state_dict"]
+    vq = [k for k in s1 if k.startswith("vqvae.")]
+    assert vq and all(torch.equal(s1[k], s2[k]) for k in vq)  # the codebook stays frozen
+    assert "val_lve" in load_checkpoint(tmp_path / "s2" / "last.pt")["extra"]["history"][0]
+
+
+def test_existing_run_is_not_overwritten(corpus, tmp_path):
+    cfg = TrainConfig(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "run", epochs=1)
+    train(cfg)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg)

@@ -207,6 +207,9 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
 
 def _load_resume(cfg: TrainConfig) -> dict | None:
     if not cfg.resume:
+        if (Path(cfg.run_dir) / "last.pt").exists():
+            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
+                            "pass --resume to continue it, or -o a new folder")
         return None
     last = Path(cfg.run_dir) / "last.pt"
     if not last.exists():
@@ -260,10 +263,8 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
     _check_corpus_matches(acfg, corpus, cfg)
     model.to(device)
-    if cfg.init_from and resumed is None:
-        init = load_checkpoint(cfg.init_from, kind="animator")
-        missing, unexpected = model.load_state_dict(init["state_dict"], strict=False)
-        log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
+    if resumed is None:
+        _init_weights(model, acfg, cfg, log if d.main else (lambda e: None))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     autocast, scaler = _autocast(device, cfg)
     start, history, best = 0, [], {}
@@ -319,6 +320,27 @@ def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, 
     _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved)
     log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
     return history, best
+
+
+def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
+    """Start from ``cfg.init_from`` (CodeTalker stage 2: stage 1's codebook and decoder)."""
+    stage2 = acfg.kind == "codetalker" and acfg.stage == 2
+    if cfg.init_from is None:
+        if stage2:
+            raise UserError("CodeTalker stage 2 needs the stage-1 motion codebook", cfg.data_root,
+                            "train --stage 1 first, then pass --init-from RUN_DIR/best.pt")
+        return
+    init = load_checkpoint(cfg.init_from, kind="animator")
+    try:
+        if stage2 and hasattr(model, "load_stage1"):
+            model.load_stage1(init["state_dict"])
+            missing, unexpected = [], []
+        else:
+            missing, unexpected = model.load_state_dict(init["state_dict"], strict=False)
+    except RuntimeError as e:
+        raise UserError("the --init-from weights do not fit this model (another size or topology)",
+                        cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e
+    log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
 
 
 def _clean_run_dir(run_dir: Path) -> None:

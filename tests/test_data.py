@@ -113,3 +113,17 @@ def test_shape_mismatch_with_template(voca_root):
     with pytest.raises(UserError, match="does not match the template") as e:
         open_corpus("vocaset", voca_root)
     assert "sentence03.npy" in str(e.value)
+
+
+def test_faces_from_a_mesh_file(voca_root, tmp_path):
+    import trimesh
+
+    os.remove(voca_root / "templates" / "FLAME_sample.ply")
+    assert open_corpus("vocaset", voca_root).faces is None
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    sphere.export(tmp_path / "face.obj")
+    c = open_corpus("vocaset", voca_root, faces_from=tmp_path / "face.obj")
+    np.testing.assert_array_equal(c.faces, sphere.faces)
+    trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "small.obj")
+    with pytest.raises(UserError, match="42 vertices, the dataset 162"):
+        open_corpus("vocaset", voca_root, faces_from=tmp_path / "small.obj")

@@ -143,3 +143,15 @@ def test_existing_run_is_not_overwritten(corpus, tmp_path):
     train(cfg)
     with pytest.raises(UserError, match="already holds a run"):
         train(cfg)
+
+
+def test_resumed_run_follows_the_uninterrupted_course(corpus, tmp_path):
+    base = dict(dataset="vocaset", data_root=corpus, lr=1e-3, seed=3)
+    train(TrainConfig(**base, run_dir=tmp_path / "a", epochs=2))
+    train(TrainConfig(**base, run_dir=tmp_path / "b", epochs=1))
+    train(TrainConfig(**base, run_dir=tmp_path / "b", epochs=2, resume=True))
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["extra"]["history"] == b["extra"]["history"]
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)

@@ -150,12 +150,16 @@ def beam_search_one(model, memory: torch.Tensor, length: int, beam: int = 10, ct
             new_states, new_psi = scorer.extend(states, last, cands)
             eos_psi = scorer.final_score(states)[:, None].expand_as(new_psi)
             new_psi = torch.where(cands == model.eos, eos_psi, new_psi)
-            total = total + ctc_weight * (new_psi - psi[:, None])
+            # a prefix CTC cannot emit in the frames available scores -inf (not NaN)
+            delta = torch.where(torch.isinf(new_psi), new_psi, new_psi - psi[:, None])
+            total = total + ctc_weight * delta
         top = total.flatten().topk(min(beam, total.numel())).indices
         rows, cols = top // cands.shape[1], top % cands.shape[1]
         keep = []
         for r_, c_ in zip(rows.tolist(), cols.tolist()):
             tok = int(cands[r_, c_])
+            if not torch.isfinite(total[r_, c_]):
+                continue
             if tok == model.eos:
                 toks = seqs[r_, 1:].tolist()
                 ended.append(Hypothesis(toks, float(total[r_, c_]) / (len(toks) + 1)))

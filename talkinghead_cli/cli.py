@@ -242,6 +242,7 @@ def synth_cmd(
     sentences: int = typer.Option(40, "--sentences", help="Sentences per speaker."),
     rig: Optional[Path] = typer.Option(None, "--rig", help="GLB/glTF face with ARKit morph targets [default: facecap.glb from openfacefx]."),
     tts: str = typer.Option("piper,espeak", "--tts", help="TTS backends, comma-separated: piper, espeak."),
+    voices: Optional[str] = typer.Option(None, "--voices", help="Train voices, e.g. piper:joe,espeak:en-us+f3 [default: 11 built-in]."),
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of the vertex sequences."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical files."),
     sentences_file: Optional[Path] = typer.Option(None, "--sentences-file", help="Own sentence list, one a line."),
@@ -258,7 +259,8 @@ def synth_cmd(
         cfg = SynthConfig(out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
                           tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
                           sentences_file=sentences_file, from_recordings=from_recordings, resume=resume,
-                          blinks=not no_blinks)
+                          blinks=not no_blinks,
+                          voices=[v.strip() for v in voices.split(",") if v.strip()] if voices else None)
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"invalid --{'-'.join(map(str, err['loc']))}: {err['msg']}", None, "see avtalk synth --help")

@@ -190,6 +190,8 @@ def test_cli_bad_input_exits_2(tmp_path):
     (tmp_path / "afile").write_text("x")
     cases = [(str(tmp_path / "afile" / "out"),),  # OUT cannot be created
              (str(tmp_path / "o"), "--tts", "festival"),
+             (str(tmp_path / "o"), "--voices", "espeak:en-us+nobody"),
+             (str(tmp_path / "o"), "--voices", "joe"),
              (str(tmp_path / "o"), "--rig", str(tmp_path / "missing.glb")),
              (str(tmp_path / "o"), "--sentences-file", str(tmp_path / "none.txt")),
              (str(tmp_path / "o"), "--from-recordings", str(tmp_path / "no_such_dir"))]

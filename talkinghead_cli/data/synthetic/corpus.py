@@ -65,10 +65,18 @@ class SynthConfig(BaseModel):
     blinks: bool = True
     test_b_subjects: Optional[int] = Field(None, ge=0)
     from_recordings: Optional[Path] = None
+    voices: Optional[list[str]] = None  # train voices as backend:name, replacing TRAIN_VOICES
 
 
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(list(keys)))
+
+
+def _parse_voice(spec: str) -> tuple[str, str]:
+    backend, sep, name = spec.partition(":")
+    if not sep or backend not in ("piper", "espeak") or not name:
+        raise UserError(f"bad voice {spec!r}", None, "write voices as piper:joe or espeak:en-us+f3")
+    return backend, name
 
 
 def plan_subjects(cfg: SynthConfig) -> list[dict]:
@@ -80,7 +88,9 @@ def plan_subjects(cfg: SynthConfig) -> list[dict]:
                                                                        if cfg.subjects >= 3 else 0)
     n_b = min(n_b, cfg.subjects - 1)
     train_pool = [v for v in TRAIN_VOICES if v[0] in cfg.tts]
-    b_pool = [v for v in TEST_B_VOICES if v[0] in cfg.tts] or [("piper", "joe")]
+    if cfg.voices:
+        train_pool = [_parse_voice(v) for v in cfg.voices]
+    b_pool = [v for v in TEST_B_VOICES if v[0] in cfg.tts and v not in train_pool] or [("piper", "joe")]
     subjects = []
     for i in range(cfg.subjects):
         is_b = i >= cfg.subjects - n_b

@@ -77,7 +77,7 @@ def _finish(wave: np.ndarray, sr: int, segs: list[Segment]) -> Speech:
     if segs and segs[-1][1] < dur:
         a, _, s = segs[-1]
         segs[-1] = (a, dur, s)
-    segs = [(round(a, 5), round(b, 5), s) for a, b, s in segs]
+    segs = [(round(float(a), 5), round(float(b), 5), str(s)) for a, b, s in segs]
     return Speech(wave=wave16, segments=segs)
 
 

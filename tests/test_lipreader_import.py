@@ -36,6 +36,7 @@ def test_published_names():
         "video_encoder.layers.3.attn.pos.weight": "encoder.encoders.3.self_attn.linear_pos.weight",
         "audio_encoder.layers.0.ffn1.w_in.bias": "aux_encoder.encoders.0.feed_forward_macaron.w_1.bias",
         "video_encoder.layers.0.conv.dw.weight": "encoder.encoders.0.conv_module.depthwise_conv.weight",
+        "video_encoder.layers.1.conv.pw1.bias": "encoder.encoders.1.conv_module.pointwise_cov1.bias",
         "video_encoder.layers.0.conv.bn.num_batches_tracked": "encoder.encoders.0.conv_module.norm.num_batches_tracked",
         "video_encoder.layers.0.norm_out.weight": "encoder.encoders.0.norm_final.weight",
         "video_encoder.final_norm.bias": "encoder.after_norm.bias",
@@ -63,6 +64,9 @@ def test_export_import_roundtrip(modalities):
     dst = LipReader(cfg)
     report = load_autoavsr_state_dict(dst, {"model." + k: v for k, v in sd.items()})  # Lightning prefix
     assert report.missing == [] and report.unexpected == []
+    # upstream ESPnet spelling of the conformer's pointwise convolutions is accepted too
+    espnet = {k.replace("pointwise_cov", "pointwise_conv"): v for k, v in sd.items()}
+    assert load_autoavsr_state_dict(LipReader(cfg), espnet).missing == []
     video, audio = torch.randn(2, 8, 48, 48), torch.randn(2, 8 * 640)
     tokens = torch.randint(1, 30, (2, 5))
     mode = modalities

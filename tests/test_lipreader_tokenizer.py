@@ -65,6 +65,7 @@ def test_sentencepiece_units_file(tmp_path):
 
 
 def test_sentencepiece_bad_file(tmp_path):
+    pytest.importorskip("sentencepiece")
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"nope")
     with pytest.raises(UserError, match="SentencePiece"):

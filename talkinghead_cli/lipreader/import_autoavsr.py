@@ -7,7 +7,7 @@ Auto-AVSR (ESPnet naming) stores, for an audio-visual model::
     encoder.embed.0.*                              Linear(512, d)
     encoder.encoders.{i}.self_attn.linear_{q,k,v,out,pos}, pos_bias_{u,v}
     encoder.encoders.{i}.feed_forward{,_macaron}.w_{1,2}
-    encoder.encoders.{i}.conv_module.{pointwise_conv1,depthwise_conv,norm,pointwise_conv2}
+    encoder.encoders.{i}.conv_module.{pointwise_cov1,depthwise_conv,norm,pointwise_cov2}
     encoder.encoders.{i}.norm_{ff,mha,ff_macaron,conv,final}
     encoder.after_norm
     aux_encoder.frontend.trunk.{conv1,bn1,layer1-4}.*  1D ResNet-18 on the waveform, then as encoder
@@ -41,8 +41,10 @@ _LAYER = [  # within one conformer layer: ours -> theirs
     ("attn.bias_v", "self_attn.pos_bias_v"),
     ("ffn1.w_in.", "feed_forward_macaron.w_1."), ("ffn1.w_out.", "feed_forward_macaron.w_2."),
     ("ffn2.w_in.", "feed_forward.w_1."), ("ffn2.w_out.", "feed_forward.w_2."),
-    ("conv.pw1.", "conv_module.pointwise_conv1."), ("conv.dw.", "conv_module.depthwise_conv."),
-    ("conv.bn.", "conv_module.norm."), ("conv.pw2.", "conv_module.pointwise_conv2."),
+    # Auto-AVSR (mpc001's ESPnet copy) spells the pointwise convolutions "pointwise_cov";
+    # upstream ESPnet's "pointwise_conv" is accepted on import as well.
+    ("conv.pw1.", "conv_module.pointwise_cov1."), ("conv.dw.", "conv_module.depthwise_conv."),
+    ("conv.bn.", "conv_module.norm."), ("conv.pw2.", "conv_module.pointwise_cov2."),
     ("norm_ffn1.", "norm_ff_macaron."), ("norm_attn.", "norm_mha."), ("norm_conv.", "norm_conv."),
     ("norm_ffn2.", "norm_ff."), ("norm_out.", "norm_final."),
 ]
@@ -145,10 +147,11 @@ class ImportReport:
 
 
 def _strip_prefix(sd: dict) -> dict:
+    """Drop a Lightning/DataParallel prefix and normalise ESPnet's ``pointwise_conv`` spelling."""
     for prefix in ("model.", "module."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
+    return {k.replace(".conv_module.pointwise_conv", ".conv_module.pointwise_cov"): v for k, v in sd.items()}
 
 
 def load_autoavsr_state_dict(model: LipReader, state_dict: dict, source: str | None = None) -> ImportReport:

@@ -17,12 +17,11 @@ import torch
 
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.render.camera import Camera
-from talkinghead_cli.render.renderer import DEFAULT_SIGMA, render_mesh
+from talkinghead_cli.render.renderer import DEFAULT_SIGMA, render
 from talkinghead_cli.render.shade import Lights
 
 AVSR_MEAN = 0.421
 AVSR_STD = 0.165
-LUMA = (0.299, 0.587, 0.114)
 
 
 def _default_base(verts: torch.Tensor) -> Camera:
@@ -76,9 +75,9 @@ def lip_window_camera(verts: torch.Tensor, region_idx, size: int = 88, margin: f
 
 
 def window_faces(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, pad: float = 4.0) -> torch.Tensor:
-    """Faces needed to render the camera's window: those whose screen box reaches the window
-    (in any batch item, ``pad`` pixels of slack, more than the outline radius), plus their neighbours through shared
-    vertices so that vertex normals at the window's edge stay exact.
+    """Faces needed to render the camera's window: those whose screen box (taken over the whole
+    batch, a conservative union) comes within ``pad`` pixels of the window, plus their neighbours
+    through shared vertices so that vertex normals at the window's edge stay exact.
 
     Args:
         verts: (B, V, 3); faces: (F, 3) long; camera: batch 1 or B.
@@ -87,20 +86,35 @@ def window_faces(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, pad: 
     """
     with torch.no_grad():
         H, W = camera.image_size
-        pv = camera.to(device=verts.device, dtype=verts.dtype).project(verts.detach())
-        xy = pv[:, faces][..., :2]  # (B, F, 3, 2)
-        lo, hi = xy.min(2).values, xy.max(2).values
-        hit = ((hi[..., 0] >= -pad) & (lo[..., 0] <= W + pad) & (hi[..., 1] >= -pad)
-               & (lo[..., 1] <= H + pad)).any(0)
+        pv = camera.to(device=verts.device, dtype=verts.dtype).project(verts.detach())[..., :2]
+        lo, hi = pv.min(0).values[faces], pv.max(0).values[faces]  # (F, 3, 2) per-vertex union
+        lo, hi = lo.min(1).values, hi.max(1).values  # (F, 2)
+        hit = (hi[:, 0] >= -pad) & (lo[:, 0] <= W + pad) & (hi[:, 1] >= -pad) & (lo[:, 1] <= H + pad)
         touched = torch.zeros(verts.shape[1], dtype=torch.bool, device=verts.device)
         touched[faces[hit].reshape(-1)] = True
         return faces[touched[faces].any(1)]
 
 
+def compact(verts: torch.Tensor, faces: torch.Tensor, colors=None):
+    """Keep only the vertices that ``faces`` use (differentiable gather).
+
+    Args:
+        verts: (B, V, 3); faces: (F', 3) long; colors: None, (V, 3) or (B, V, 3).
+    Returns:
+        verts (B, V', 3), faces (F', 3) re-indexed, colors restricted alike.
+    """
+    used, remap = torch.unique(faces, return_inverse=True)
+    if colors is not None:
+        colors = torch.as_tensor(colors, device=verts.device, dtype=verts.dtype)
+        colors = colors.index_select(colors.dim() - 2, used)
+    return verts.index_select(1, used), remap.reshape(faces.shape), colors
+
+
 def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, size: int = 88,
                        camera: Camera | None = None, margin: float = 0.3, colors=None,
                        lights: Lights | None = None, sigma: float = DEFAULT_SIGMA, normalize: bool = True,
-                       background: float = 0.0, backend: str = "auto") -> torch.Tensor:
+                       background: float = 0.0, backend: str = "auto",
+                       cull_backfaces: bool = True) -> torch.Tensor:
     """Render grayscale lip windows, batched and differentiable w.r.t. ``verts``.
 
     Args:
@@ -113,6 +127,10 @@ def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, siz
         margin, colors, lights, sigma, background, backend: as in
             :func:`lip_window_camera` / :func:`~.renderer.render_mesh`.
         normalize: apply ``(g - 0.421) / 0.165``; otherwise return grayscale in [0, 1].
+        cull_backfaces: skip faces seen from behind (default): on a consistently wound face mesh
+            these are hidden, except through an open mouth of a mesh without a mouth cavity,
+            where they would show the inside of the back of the head; culled, the opening shows
+            the background (dark by default), as a mouth cavity would. Halves the work.
     Returns:
         (N, size, size) float.
     """
@@ -125,7 +143,8 @@ def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, siz
     sub = window_faces(verts, faces, camera, pad=4.0 * sigma + 2.0)
     if sub.shape[0] == 0:
         raise UserError("no face of the mesh reaches the lip window", None, "check the lip region indices")
-    out = render_mesh(verts, sub, camera, colors=colors, lights=lights, background=background,
-                      sigma=sigma, backend=backend)
-    gray = out.images @ torch.tensor(LUMA, dtype=out.images.dtype, device=out.images.device)
+    v_sub, f_sub, c_sub = compact(verts, sub, colors)
+    out = render(v_sub, f_sub, camera, colors=c_sub, lights=lights, background=background, sigma=sigma,
+                 backend=backend, cull_backfaces=cull_backfaces, gray=True)
+    gray = out.images[..., 0]
     return (gray - AVSR_MEAN) / AVSR_STD if normalize else gray

@@ -128,11 +128,12 @@ def _box(lo: torch.Tensor, hi: torch.Tensor, r: float, n: int):
     return a, b
 
 
-def _winner(pix: torch.Tensor, score: torch.Tensor, n: int, largest: bool) -> torch.Tensor:
-    """Per pixel, the index of the pair with the best score (ties: the later pair).
+def _winner(pix: torch.Tensor, score: torch.Tensor, n: int, largest: bool, tiebreak: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the pair with the best score; ties go to the largest ``tiebreak`` (face index).
 
     Args:
-        pix: (P,) long pixel of each pair; score: (P,) float; n: number of pixels.
+        pix: (P,) long pixel of each pair; score: (P,) float; n: number of pixels;
+        tiebreak: (P,) long, unique among the pairs of one pixel.
     Returns:
         (P',) long indices into the pairs, one per pixel that has a pair.
     """
@@ -140,9 +141,10 @@ def _winner(pix: torch.Tensor, score: torch.Tensor, n: int, largest: bool) -> to
     best = torch.full((n,), fill, dtype=score.dtype, device=score.device)
     best.scatter_reduce_(0, pix, score, "amax" if largest else "amin", include_self=True)
     hit = torch.nonzero(score == best[pix]).squeeze(1)
-    win = torch.full((n,), -1, dtype=torch.long, device=pix.device)
-    win.scatter_reduce_(0, pix[hit], hit, "amax", include_self=True)
-    return win[win >= 0]
+    key = tiebreak[hit]
+    top = torch.full((n,), -1, dtype=key.dtype, device=key.device)
+    top.scatter_reduce_(0, pix[hit], key, "amax", include_self=True)
+    return hit[key == top[pix[hit]]]
 
 
 def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], perspective: bool,
@@ -179,7 +181,7 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
         if cull_backfaces:
             valid &= area2 < 0  # front faces are clockwise on screen (y down)
         if hard_layer is None:
-            hard_pix, hard_face, zmap = _hard_layer(x, y, z, e1x, e1y, e2x, e2y, area2, valid, H, W, perspective)
+            hard_pix, hard_face, zmap = _hard_layer(x, y, z, area2, valid, H, W, perspective)
         else:
             hard_pix, hard_face = hard_layer(pv, faces, valid, image_size, perspective)
             zmap = _depth_map(pv, faces, hard_pix, hard_face, image_size, perspective)
@@ -191,36 +193,81 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
         return Fragments(hard_pix, hard_face, soft_pix, soft_face, (B, H, W))
 
 
-def _hard_layer(x, y, z, e1x, e1y, e2x, e2y, area2, valid, H, W, perspective):
-    """Nearest covering face per pixel. Inputs (B, F[, 3]); returns pix, face, depth map (B*H*W,)."""
+def _tile_sizes(n: int, device) -> torch.Tensor:
+    """Tile sides 1, 2, 3, 4, 6, 8, 12, ... (about x1.5 steps) up to at least ``n``."""
+    sizes = [1, 2, 3]
+    while sizes[-1] < n:
+        sizes.append(sizes[-2] * 2)
+    return torch.tensor(sizes, device=device)
+
+
+def _hard_layer(x, y, z, area2, valid, H, W, perspective):
+    """Nearest covering face per pixel.
+
+    Faces are grouped by the size class of their pixel box; each group is tested against a
+    dense (faces x tile pixels) grid by broadcasting, so no per-pair gathers or integer
+    divisions are needed, and only the hits are materialised.
+
+    Args:
+        x, y, z: (B, F, 3) projected triangle coordinates; area2, valid: (B, F).
+    Returns:
+        pix (N,), face (N,) long, and the depth map (B*H*W,) (inf where empty).
+    """
+    B, F = valid.shape
     x_lo, x_hi = _box(x.min(-1).values, x.max(-1).values, 0.0, W)
     y_lo, y_hi = _box(y.min(-1).values, y.max(-1).values, 0.0, H)
     valid = valid & (x_lo <= x_hi) & (y_lo <= y_hi)
-    kb, kf = torch.nonzero(valid, as_tuple=True)
-    inv_a = 1.0 / area2[kb, kf]
-    zz = 1.0 / z[kb, kf] if perspective else z[kb, kf]  # (K, 3) depth or 1/depth
-    a1, b1 = e2y[kb, kf] * inv_a, -e2x[kb, kf] * inv_a  # w1 = a1 dx + b1 dy
-    a2, b2 = -e1y[kb, kf] * inv_a, e1x[kb, kf] * inv_a  # w2 = a2 dx + b2 dy
+    lin = torch.nonzero(valid.reshape(-1)).squeeze(1)  # (K,) = b * F + f
+
+    def take(t):
+        return t.reshape(B * F, *t.shape[2:]).index_select(0, lin)
+
+    xk, yk, zk = take(x), take(y), take(z)  # (K, 3)
+    xl, yl = take(x_lo), take(y_lo)
+    nx, ny = take(x_hi) - xl + 1, take(y_hi) - yl + 1
+    e1x, e1y = xk[:, 1] - xk[:, 0], yk[:, 1] - yk[:, 0]
+    e2x, e2y = xk[:, 2] - xk[:, 0], yk[:, 2] - yk[:, 0]
+    inv_a = 1.0 / take(area2)
+    zz = 1.0 / zk if perspective else zk  # interpolated linearly on screen
     dz1, dz2 = zz[:, 1] - zz[:, 0], zz[:, 2] - zz[:, 0]
-    table = torch.stack([x[kb, kf, 0], y[kb, kf, 0], a1, b1, a2, b2, zz[:, 0],
-                         a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2], 1)  # (K, 9)
-    owner, col, row = _pixel_pairs(x_lo[kb, kf], x_hi[kb, kf], y_lo[kb, kf], y_hi[kb, kf])
-    t = table[owner]
-    dx = col.to(t.dtype) + 0.5 - t[:, 0]
-    dy = row.to(t.dtype) + 0.5 - t[:, 1]
-    w1 = t[:, 2] * dx + t[:, 3] * dy
-    w2 = t[:, 4] * dx + t[:, 5] * dy
-    inside = torch.nonzero((w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)).squeeze(1)
-    owner, col, row, t, dx, dy = owner[inside], col[inside], row[inside], t[inside], dx[inside], dy[inside]
-    depth = t[:, 6] + t[:, 7] * dx + t[:, 8] * dy
+    a1, b1, a2, b2 = e2y * inv_a, -e2x * inv_a, -e1y * inv_a, e1x * inv_a
+    # per face: first pixel centre relative to vertex 0; planes w1, w2, depth (or 1/depth)
+    coef = torch.stack([xl + 0.5 - xk[:, 0], yl + 0.5 - yk[:, 0], a1, b1, a2, b2, zz[:, 0],
+                        a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2], 1)
+    base = (torch.div(lin, F, rounding_mode="floor") * H + yl) * W + xl
+    sizes = _tile_sizes(max(H, W), x.device)
+    cls = torch.searchsorted(sizes, nx) * len(sizes) + torch.searchsorted(sizes, ny)
+    pix_parts, face_parts, depth_parts = [], [], []
+    for c in torch.unique(cls).tolist():
+        sel = torch.nonzero(cls == c).squeeze(1)
+        tw, th = int(sizes[c // len(sizes)]), int(sizes[c % len(sizes)])
+        sx = torch.arange(tw, device=x.device).repeat(th)  # (S,) tile column
+        sy = torch.arange(th, device=x.device).repeat_interleave(tw)  # (S,) tile row
+        cf = coef.index_select(0, sel)
+        dx = cf[:, 0:1] + sx.to(cf.dtype)  # (Kc, S)
+        dy = cf[:, 1:2] + sy.to(cf.dtype)
+        w1 = cf[:, 2:3] * dx + cf[:, 3:4] * dy
+        w2 = cf[:, 4:5] * dx + cf[:, 5:6] * dy
+        hit = (w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)
+        if tw > 1:
+            hit &= sx < nx.index_select(0, sel)[:, None]
+        if th > 1:
+            hit &= sy < ny.index_select(0, sel)[:, None]
+        k, s = torch.nonzero(hit, as_tuple=True)
+        pix_parts.append(base[sel[k]] + sy[s] * W + sx[s])
+        face_parts.append(sel[k])
+        cfk = cf[k]
+        depth_parts.append(cfk[:, 6] + cfk[:, 7] * dx[k, s] + cfk[:, 8] * dy[k, s])
+    if not pix_parts:  # nothing in view
+        pix_parts, face_parts, depth_parts = [lin], [lin], [x.new_zeros(0)]
+    pix, kidx, depth = torch.cat(pix_parts), torch.cat(face_parts), torch.cat(depth_parts)
     if perspective:
         depth = 1.0 / depth
-    pix = (kb[owner] * H + row) * W + col
-    n = x.shape[0] * H * W
-    win = _winner(pix, depth, n, largest=False)
-    zmap = torch.full((n,), float("inf"), dtype=depth.dtype, device=depth.device)
+    face = lin[kidx] % F
+    win = _winner(pix, depth, B * H * W, largest=False, tiebreak=face)
+    zmap = torch.full((B * H * W,), float("inf"), dtype=depth.dtype, device=depth.device)
     zmap[pix[win]] = depth[win]
-    return pix[win], kf[owner[win]], zmap
+    return pix[win], face[win], zmap
 
 
 def hard_barycentrics(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor, perspective: bool):
@@ -286,7 +333,7 @@ def _soft_layer(x, y, z, sil, valid, zmap, H, W, perspective, sigma, cutoff):
     ok &= depth < zmap[pix]
     sel = torch.nonzero(ok).squeeze(1)
     cover = -dist[sel]  # larger coverage <=> smaller distance
-    win = sel[_winner(pix[sel], cover, zmap.shape[0], largest=True)]
+    win = sel[_winner(pix[sel], cover, zmap.shape[0], largest=True, tiebreak=ff[sel])]
     return pix[win], ff[win]
 
 

@@ -111,11 +111,10 @@ def render_reference(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, c
     bg = torch.as_tensor(background, dtype=verts.dtype).reshape(-1).expand(3)
     albedo = [GREY * torch.ones(3, dtype=verts.dtype)] * verts.shape[1] if colors is None else list(colors)
 
-    def shade(f, bary):
-        idx = tris[f]
-        n = _interp(bary, [normals[i] for i in idx])
-        c = _interp(bary, [albedo[i] for i in idx])
-        return lambert(n[None], c[None], lights)[0]
+    lit = [lambert(normals[i][None], albedo[i][None], lights)[0] for i in range(verts.shape[1])]
+
+    def shade(f, bary):  # Gouraud: interpolate the lit vertex colours
+        return _interp(bary, [lit[i] for i in tris[f]])
 
     def persp_correct(w, zs):
         if not persp:

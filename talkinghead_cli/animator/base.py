@@ -54,6 +54,26 @@ class Animator(nn.Module):
         finally:
             self.train(was)
 
+    @contextlib.contextmanager
+    def loop_threads(self, device: torch.device):
+        """Run the per-frame decoding loop on one CPU thread.
+
+        Each step is a chain of small matrix-vector products; splitting them across
+        threads costs more in synchronisation than it saves, and far more when other
+        processes share the cores. The audio encoder outside the loop keeps all threads.
+        ``cfg.loop_threads`` (0 = leave torch's setting) overrides the count.
+        """
+        n = self.cfg.loop_threads
+        if device.type != "cpu" or n <= 0:
+            yield
+            return
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
     def forward(self, audio: Tensor, template: Tensor, style: Tensor,
                 target: Tensor | None = None) -> Tensor:
         raise NotImplementedError

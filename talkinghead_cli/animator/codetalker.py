@@ -166,6 +166,7 @@ class CodeTalker(Animator):
             return
         for p in self.vqvae.parameters():
             p.requires_grad = False
+        self.vqvae.eval()  # frozen prior: no dropout, ever (see ``train``)
         d = cfg.d_model
         self.audio_encoder = build_encoder(cfg)
         self.audio_feature_map = nn.Linear(self.audio_encoder.out_dim, d)
@@ -291,14 +292,15 @@ class CodeTalker(Animator):
         x = self.vertice_map.bias + style_emb
         gs = mem.new_empty(b, t_total, self.cfg.vq_hidden)
         every = max(1, int(self.fps))
-        for t in range(t_total):
-            h = self.transformer_decoder.step(x + pe[t], state, t)
-            code, _ = self.vqvae.quantize.lookup(self.feat_map(h).view(b, q, c))
-            g = dec.step(code.view(b, 1, q * c), dec_state, t)
-            gs[:, t] = g[:, 0]
-            x = torch.baddbmm(fold_b, g, fold_w)
-            if (t + 1) % every == 0 or t + 1 == t_total:
-                report(progress, t + 1, t_total)
+        with self.loop_threads(mem.device):
+            for t in range(t_total):
+                h = self.transformer_decoder.step(x + pe[t], state, t)
+                code, _ = self.vqvae.quantize.lookup(self.feat_map(h).view(b, q, c))
+                g = dec.step(code.view(b, 1, q * c), dec_state, t)
+                gs[:, t] = g[:, 0]
+                x = torch.baddbmm(fold_b, g, fold_w)
+                if (t + 1) % every == 0 or t + 1 == t_total:
+                    report(progress, t + 1, t_total)
         return dec.vertice_map_reverse(gs).view(b, t_total, -1, 3) + template[:, None]
 
     @torch.no_grad()

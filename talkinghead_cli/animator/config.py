@@ -73,6 +73,7 @@ class AnimatorConfig(BaseModel):
     # Hugging Face encoder: its config, filled on first build so checkpoints rebuild offline
     encoder_config: Optional[dict[str, Any]] = None
     chunk_seconds: float = Field(30.0, gt=1)  # long audio is encoded in windows this long
+    loop_threads: int = Field(1, ge=0)  # CPU threads for the per-frame decoding loop (0: torch's)
     # CodeTalker VQ-VAE
     vq_hidden: Optional[int] = None
     vq_layers: Optional[int] = None

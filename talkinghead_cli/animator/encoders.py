@@ -214,7 +214,7 @@ class HFEncoder(nn.Module):
         audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
         spf = self.sample_rate / out_rate  # samples per output frame
         chunk = max(int(self.chunk_seconds * out_rate), 2)
-        overlap = max(int(2.0 * out_rate), 1)
+        overlap = max(min(int(2.0 * out_rate), chunk // 4), 1)  # cross-fade of up to 2 s
 
         def window(a: int, b: int) -> Tensor:
             seg = audio[:, round(a * spf): max(round(b * spf), round(a * spf) + 400)]

@@ -113,13 +113,15 @@ class FaceFormer(Animator):
             fold_b = w_in @ self.vertice_map_r.bias + self.vertice_map.bias + style_emb  # (B, 1, d)
             x = (self.vertice_map.bias + style_emb).to(mem.dtype)  # (B, 1, d): zero offsets
             hs = mem.new_empty(b, t_total, d)
+            fold_w = fold_w.T.expand(b, d, d)
             every = max(1, int(self.fps))
-            for t in range(t_total):
-                h = self.transformer_decoder.step(x + pe[t], state, t)
-                hs[:, t] = h[:, 0]
-                x = torch.baddbmm(fold_b, h, fold_w.T.expand(b, d, d))
-                if (t + 1) % every == 0 or t + 1 == t_total:
-                    report(progress, t + 1, t_total)
+            with self.loop_threads(mem.device):
+                for t in range(t_total):
+                    h = self.transformer_decoder.step(x + pe[t], state, t)
+                    hs[:, t] = h[:, 0]
+                    x = torch.baddbmm(fold_b, h, fold_w)
+                    if (t + 1) % every == 0 or t + 1 == t_total:
+                        report(progress, t + 1, t_total)
             return self.vertice_map_r(hs).view(b, t_total, -1, 3) + template[:, None]
 
     @torch.no_grad()

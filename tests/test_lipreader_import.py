@@ -52,15 +52,16 @@ def test_published_names():
     assert autoavsr_name("audio_frontend.stem_conv.weight", "audio") == "encoder.frontend.trunk.conv1.weight"
 
 
-@pytest.mark.parametrize("modalities", ["av", "video"])
+@pytest.mark.parametrize("modalities", ["av", "video", "audio"])
 def test_export_import_roundtrip(modalities):
     torch.manual_seed(0)
     src = _randomise(LipReader(tiny_config(31, modalities=modalities)))
     sd = export_autoavsr_state_dict(src)
     assert "ctc.ctc_lo.weight" in sd and ("aux_encoder.embed.0.weight" in sd) == (modalities == "av")
     cfg = infer_config(sd, decoder_heads=4)
-    assert cfg.modalities == modalities and cfg.video_encoder == src.config.video_encoder
-    assert cfg.resnet_widths == src.config.resnet_widths and cfg.stem_channels == src.config.stem_channels
+    enc = "audio_encoder" if modalities == "audio" else "video_encoder"
+    assert cfg.modalities == modalities and getattr(cfg, enc) == getattr(src.config, enc)
+    assert cfg.resnet_widths == src.config.resnet_widths
     dst = LipReader(cfg)
     report = load_autoavsr_state_dict(dst, {"model." + k: v for k, v in sd.items()})  # Lightning prefix
     assert report.missing == [] and report.unexpected == []
@@ -70,8 +71,9 @@ def test_export_import_roundtrip(modalities):
     video, audio = torch.randn(2, 8, 48, 48), torch.randn(2, 8 * 640)
     tokens = torch.randint(1, 30, (2, 5))
     mode = modalities
-    a = _outputs(src, video, audio if mode == "av" else None, tokens, mode)
-    b = _outputs(dst, video, audio if mode == "av" else None, tokens, mode)
+    video, audio = (None if mode == "audio" else video), (None if mode == "video" else audio)
+    a = _outputs(src, video, audio, tokens, mode)
+    b = _outputs(dst, video, audio, tokens, mode)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y)
 
@@ -107,3 +109,19 @@ def test_expert_checkpoint_roundtrip_and_mismatch(tmp_path):
         load_expert(path, size="base")
     with pytest.raises(UserError, match="vocabulary"):
         load_expert(path, vocabulary=tok.vocabulary[:-2] + ["x", "<sos/eos>"])
+
+
+def test_expert_checkpoint_with_sentencepiece(tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(["READ MY LIPS", "THE QUICK BROWN FOX", "HELLO WORLD AGAIN"] * 5))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "u"), vocab_size=29,
+                                   model_type="unigram")
+    from talkinghead_cli.lipreader.tokenizer import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer(tmp_path / "u.model")
+    model = LipReader(tiny_config(len(tok), modalities="video"))
+    path = save_expert(tmp_path / "e.pt", model, tok)
+    (tmp_path / "u.model").unlink()  # the checkpoint must be self-contained
+    _, tok2, _ = load_expert(path)
+    assert tok2.vocabulary == tok.vocabulary and tok2.encode("Hello, world!") == tok.encode("Hello, world!")

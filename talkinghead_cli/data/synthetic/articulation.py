@@ -119,27 +119,36 @@ def articulate(segments: list[tuple[float, float, str]], num_frames: int, fps: f
         out[:, mask] = blend[:, mask]
     out[:, jaw_mask] *= style.amplitude * style.jaw
     out[:, ~jaw_mask] *= style.amplitude * style.lips
-    _close_lips(out, times, centres, cls, names, mapping)
+    _close_lips(out, times, start, end, cls, names, mapping, fps)
     if style.blink_rate > 0:
         _add_blinks(out, times, names, style.blink_rate, seed)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def closure_curve(times: np.ndarray, centres: np.ndarray, cls: list[str], mapping: dict) -> np.ndarray:
-    """(T,) bilabial closure c(t) in [0, 1]: dominance-weighted share of bilabial segments."""
+def closure_curve(times: np.ndarray, start: np.ndarray, end: np.ndarray, cls: list[str], mapping: dict,
+                  fps: float) -> np.ndarray:
+    """(T,) bilabial closure c(t) in [0, 1]: dominance-weighted share of bilabial segments.
+
+    A bilabial's dominance is flat (alpha) over its whole segment widened by half a frame
+    each side, so even a 20 ms /b/ shuts the lips on the frame nearest to it; it decays
+    with theta outside. Other segments use centred dominance.
+    """
     bil = np.array([c == "bilabial" for c in cls])
     if not bil.any():
         return np.zeros(len(times))
     a_b, t_b = mapping["closure"]["bilabial"]
     a_o, t_o = mapping["closure"]["other"]
-    alpha = np.where(bil, a_b, a_o)
-    theta = np.where(bil, t_b, t_o)
-    d = _dominance(times, centres, alpha, theta, theta)
-    return (d[bil].sum(axis=0) / np.maximum(d.sum(axis=0), 1e-12))
+    centres = 0.5 * (start + end)
+    half = np.where(bil, 0.5 * (end - start) + 0.5 / fps, 0.0)
+    dist = np.maximum(np.abs(times[None, :] - centres[:, None]) - half[:, None], 0.0)
+    alpha = np.where(bil, a_b, a_o)[:, None]
+    theta = np.where(bil, t_b, t_o)[:, None]
+    d = alpha * np.exp(-theta * dist)
+    return d[bil].sum(axis=0) / np.maximum(d.sum(axis=0), 1e-12)
 
 
-def _close_lips(out, times, centres, cls, names, mapping) -> None:
-    c = closure_curve(times, centres, cls, mapping)
+def _close_lips(out, times, start, end, cls, names, mapping, fps) -> None:
+    c = closure_curve(times, start, end, cls, mapping, fps)
     if "jawOpen" not in names or "mouthClose" not in names:
         return
     j = names.index("jawOpen")

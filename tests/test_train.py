@@ -112,7 +112,7 @@ def test_kill_mid_epoch_then_resume(corpus, tmp_path):
 def test_ddp_two_cpu_processes_only_rank0_writes(corpus, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "talkinghead_cli", "train", "--dataset", "vocaset", "--data-root", str(corpus),
            "-o", str(run), "--epochs", "1", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -206,3 +206,23 @@ def test_cli_builds_a_corpus(tmp_path):
     r = _cli(str(tmp_path / "cli"), "--subjects", "1", "--sentences", "1", "--tts", "espeak")
     assert r.returncode == 0, r.stderr
     assert "1 utterances" in r.stdout and (tmp_path / "cli" / "manifest.json").exists()
+
+
+def test_own_sentences_file(tmp_path):
+    own = tmp_path / "mine.txt"
+    own.write_text("# my list\nA cat sat.\n\nThe moon is blue.\nWe need more paper.\n")
+    build_corpus(SynthConfig(out=tmp_path / "c", subjects=1, sentences=2, tts=["espeak"], sentences_file=own))
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert {u["text"] for u in m["utterances"]} <= {"A cat sat.", "The moon is blue.", "We need more paper."}
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(UserError, match="no sentences"):
+        build_corpus(SynthConfig(out=tmp_path / "d", sentences_file=empty))
+
+
+def test_piper_only_corpus_warns_that_test_b_voices_are_seen(tmp_path):
+    from talkinghead_cli.data.synthetic.corpus import plan_subjects
+
+    with pytest.warns(UserWarning, match="reuse train voices"):
+        subjects = plan_subjects(SynthConfig(out=tmp_path / "x", subjects=6, tts=["piper"]))
+    assert [s["split"] for s in subjects].count("test_b") == 1

@@ -26,6 +26,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -90,7 +91,11 @@ def plan_subjects(cfg: SynthConfig) -> list[dict]:
     train_pool = [v for v in TRAIN_VOICES if v[0] in cfg.tts]
     if cfg.voices:
         train_pool = [_parse_voice(v) for v in cfg.voices]
-    b_pool = [v for v in TEST_B_VOICES if v[0] in cfg.tts and v not in train_pool] or [("piper", "joe")]
+    b_pool = [v for v in TEST_B_VOICES if v[0] in cfg.tts and v not in train_pool]
+    if n_b and not b_pool:
+        b_pool = train_pool
+        warnings.warn("no unseen voice is left for the test-B speakers with these --tts/--voices; "
+                      "they reuse train voices (add espeak for unseen voices)", stacklevel=2)
     subjects = []
     for i in range(cfg.subjects):
         is_b = i >= cfg.subjects - n_b

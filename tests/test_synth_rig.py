@@ -94,6 +94,23 @@ def test_uncompressed_user_glb_with_arkit_names(tmp_path):
     assert len(rig.lip_indices) > 0
 
 
+def test_gltf_with_embedded_data_uri(tmp_path):
+    import base64
+
+    rng = np.random.default_rng(2)
+    glb = tmp_path / "a.glb"
+    _write_glb(glb, {n: rng.normal(0, 0.05, (16, 3)) for n in ["jawOpen", "mouthClose", "mouthFunnel", "mouthPucker"]})
+    data = glb.read_bytes()
+    json_len = struct.unpack_from("<I", data, 12)[0]
+    gltf = json.loads(data[20:20 + json_len])
+    bin_len = struct.unpack_from("<I", data, 20 + json_len)[0]
+    binary = data[28 + json_len: 28 + json_len + bin_len]
+    gltf["buffers"][0]["uri"] = "data:application/octet-stream;base64," + base64.b64encode(binary).decode()
+    (tmp_path / "a.gltf").write_text(json.dumps(gltf))
+    a, b = load_rig(glb), load_rig(tmp_path / "a.gltf")
+    assert np.array_equal(a.template, b.template) and np.array_equal(a.basis, b.basis)
+
+
 def test_rig_without_arkit_mouth_targets_is_user_error(tmp_path):
     path = tmp_path / "plain.glb"
     _write_glb(path, {"smile": np.zeros((16, 3)), "frown": np.zeros((16, 3))})

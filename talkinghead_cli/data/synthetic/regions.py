@@ -79,9 +79,10 @@ def mouth_loop(rig: "Rig") -> np.ndarray:
 def lip_indices(rig: "Rig") -> np.ndarray:
     """Lip vertices: near the mouth loop and in the support of the lip targets.
 
-    A head vertex is a lip vertex if it lies within half a mouth width of the mouth loop's
-    centre (ellipse: half a mouth width across, a quarter vertically) and moves at least
-    20% of the largest lip-target offset.
+    A head vertex is a lip vertex if it lies inside an ellipse around the mouth loop's
+    centre (semi-axes 0.65 mouth widths across, 0.35 vertically), not deeper than a
+    quarter mouth width behind it, and moves at least 20% of the largest lip-target
+    offset. The mouth loop itself is always included.
     """
     loop = mouth_loop(rig)
     p = rig.template

@@ -131,15 +131,24 @@ def default_rig_path() -> Path:
 
 
 # --------------------------------------------------------------------------- GLB reading
+def _uri_bytes(path: Path, uri: str | None) -> bytes:
+    """A buffer's bytes: none, a base64 ``data:`` URI, or a file beside the glTF."""
+    if not uri:
+        return b""
+    if uri.startswith("data:"):
+        import base64
+
+        return base64.b64decode(uri.split(",", 1)[1])
+    from urllib.parse import unquote
+
+    return (path.parent / unquote(uri)).read_bytes()
+
+
 def _read_glb(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     if path.suffix.lower() == ".gltf" or data[:1] == b"{":
         gltf = json.loads(data)
-        bins = []
-        for buf in gltf.get("buffers", []):
-            uri = buf.get("uri")
-            bins.append((path.parent / uri).read_bytes() if uri else b"")
-        gltf["_bins"] = bins
+        gltf["_bins"] = [_uri_bytes(path, b.get("uri")) for b in gltf.get("buffers", [])]
         return gltf, b""
     if len(data) < 20 or data[:4] != b"glTF":
         raise ValueError("not a GLB file")
@@ -150,8 +159,7 @@ def _read_glb(path: Path) -> tuple[dict, bytes]:
     if rest + 8 <= len(data):
         bin_len, _ = struct.unpack_from("<I4s", data, rest)
         binary = data[rest + 8: rest + 8 + bin_len]
-    gltf["_bins"] = [binary if "uri" not in b else (path.parent / b["uri"]).read_bytes()
-                     for b in gltf.get("buffers", [])]
+    gltf["_bins"] = [binary if "uri" not in b else _uri_bytes(path, b["uri"]) for b in gltf.get("buffers", [])]
     return gltf, binary
 
 

@@ -111,15 +111,24 @@ def test_kill_mid_epoch_then_resume(corpus, tmp_path):
 
 def test_ddp_two_cpu_processes_only_rank0_writes(corpus, tmp_path):
     run = tmp_path / "run"
+    (tmp_path / "cfg.json").write_text(json.dumps({"animator_options": {"dropout": 0.0}, "seed": 5}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "talkinghead_cli", "train", "--dataset", "vocaset", "--data-root", str(corpus),
-           "-o", str(run), "--epochs", "1", "--device", "cpu"]
+           "-o", str(run), "--epochs", "2", "--device", "cpu", "--lr", "1e-3", "--config", str(tmp_path / "cfg.json")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("starting:") == 1 and "(x2)" in proc.stderr
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt", "metrics.json"]
-    assert load_checkpoint(run / "last.pt")["extra"]["epoch"] == 1
+    ddp = load_checkpoint(run / "last.pt")
+    assert ddp["extra"]["epoch"] == 2
+    # 2 ranks x 1 sequence with averaged gradients == 1 process accumulating 2 sequences
+    single = TrainConfig(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "one", epochs=2, lr=1e-3,
+                         seed=5, batch_size=2, animator_options={"dropout": 0.0})
+    train(single)
+    one = load_checkpoint(tmp_path / "one" / "last.pt")
+    for k, v in one["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][k], v, rtol=1e-4, atol=1e-5)
 
 
 def test_codetalker_stage1_then_stage2(corpus, tmp_path):

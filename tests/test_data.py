@@ -127,3 +127,20 @@ def test_faces_from_a_mesh_file(voca_root, tmp_path):
     trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "small.obj")
     with pytest.raises(UserError, match="42 vertices, the dataset 162"):
         open_corpus("vocaset", voca_root, faces_from=tmp_path / "small.obj")
+
+
+def test_reads_a_corpus_written_by_avtalk_synth(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("espeakng_loader")
+    out = tmp_path / "syn"
+    r = subprocess.run([sys.executable, "-m", "talkinghead_cli", "-q", "synth", str(out), "--subjects", "2",
+                        "--sentences", "2", "--tts", "espeak"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = open_corpus("synthetic", out)
+    assert {u.id: u.split for u in c.utterances} == {u["id"]: u["split"] for u in manifest["utterances"]}
+    assert c.fps == manifest["fps"] and c.faces is not None and c.lip_indices is not None
+    item = SequenceDataset(c, c.utterances)[0]
+    assert item["verts"].shape[1:] == (c.num_verts, 3) and item["verts"].shape[0] == c.utterances[0].num_frames

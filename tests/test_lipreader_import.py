@@ -125,3 +125,16 @@ def test_expert_checkpoint_with_sentencepiece(tmp_path):
     (tmp_path / "u.model").unlink()  # the checkpoint must be self-contained
     _, tok2, _ = load_expert(path)
     assert tok2.vocabulary == tok.vocabulary and tok2.encode("Hello, world!") == tok.encode("Hello, world!")
+
+
+def test_expert_from_autoavsr_checks_vocabulary(tmp_path):
+    from talkinghead_cli.lipreader.checkpoint import expert_from_autoavsr
+
+    src = LipReader(tiny_config(31, modalities="video"))
+    path = tmp_path / "vsr.pth"
+    torch.save({"state_dict": {"model." + k: v for k, v in export_autoavsr_state_dict(src).items()}}, path)
+    model, tok, report = expert_from_autoavsr(path, decoder_heads=4)
+    assert len(tok) == 31 and report.missing == [] and not model.training
+    torch.save(export_autoavsr_state_dict(LipReader(tiny_config(40, modalities="video"))), path)
+    with pytest.raises(UserError, match="40 tokens"):
+        expert_from_autoavsr(path, decoder_heads=4)

@@ -66,3 +66,24 @@ def load_expert(path: str | Path, device: str | torch.device = "cpu",
         raise UserError("the expert's weights do not fit its config", path,
                         "the file is damaged or from another version") from e
     return model.to(device).eval(), tokenizer, ckpt
+
+
+def expert_from_autoavsr(path: str | Path, spm_model: str | Path | None = None,
+                         units_file: str | Path | None = None, device: str | torch.device = "cpu",
+                         **config_overrides):
+    """A published Auto-AVSR checkpoint as an expert -> ``(model, tokenizer, ImportReport)``.
+
+    Auto-AVSR models use a SentencePiece vocabulary (``unigram5000.model`` plus its units
+    file); without ``spm_model`` the character vocabulary is assumed, which only fits a
+    checkpoint with 31 outputs.
+    """
+    from talkinghead_cli.lipreader.import_autoavsr import import_autoavsr
+    from talkinghead_cli.lipreader.tokenizer import CharTokenizer, SentencePieceTokenizer
+
+    tokenizer = SentencePieceTokenizer(spm_model, units_file) if spm_model else CharTokenizer()
+    model, report = import_autoavsr(path, **config_overrides)
+    if model.config.vocab_size != len(tokenizer):
+        raise UserError(f"the checkpoint predicts {model.config.vocab_size} tokens, the tokenizer has "
+                        f"{len(tokenizer)}", path,
+                        "pass the SentencePiece model and units file the checkpoint was trained with")
+    return model.to(device).eval(), tokenizer, report

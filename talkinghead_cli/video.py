@@ -76,11 +76,157 @@ def fit_to_length(verts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, H, W, 3) float in [0, 1] -> (B, H, W, 3) uint8 on the CPU (rounded, clamped)."""
+    """(B, H, W, 3) float in [0, 1] -> (B, H, W, 3) uint8 on the CPU (rounded, clamped).
+
+    A grey image broadcast over its channels (stride 0) is converted once, then repeated.
+    """
+    if images.stride(-1) == 0:
+        grey = (images[..., :1].detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return np.repeat(grey, 3, axis=-1)
     return (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int):
+# ----------------------------------------------------------------------------- fast preview raster
+#
+# A preview needs no gradients, so it skips the differentiable renderer's soft outline
+# layer and its autograd recomputation: one z-buffer pass per frame, then the winning
+# face's Gouraud shading (the renderer's own normals, lights and grey albedo, lit at the
+# vertices and interpolated). The reference for it
+# is ``render_mesh(..., sigma=0)``; tests check that both give the same pixels.
+#
+# How the z-buffer pass stays fast in plain PyTorch: each face enumerates the pixel
+# centres of its own bounding box as (face, pixel) pairs; per-face plane equations (in
+# offsets from the box corner) give two barycentrics and the depth with fused multiply-
+# adds; the nearest face wins a ``scatter_reduce(amin)`` on a 64-bit key (quantised depth
+# in the high bits, face row in the low bits). Pairs are processed in chunks of ~64k so
+# the working set stays in cache.
+
+_EMPTY = 2 ** 62
+_CHUNK_PAIRS = 65_536
+_INSIDE_EPS = 1e-5  # pixel centres on a shared edge belong to both faces: no pinholes
+
+
+def _face_planes(pv: torch.Tensor, faces: torch.Tensor, height: int, width: int, cull: bool):
+    """Per-face bounding boxes and plane equations of one projected frame.
+
+    Args:
+        pv: (V, 3) pixel x, pixel y, depth (orthographic camera: depth is linear on screen).
+        faces: (F, 3) long.
+        cull: drop faces seen from behind (counter-clockwise on screen).
+    Returns:
+        fid: (F',) indices of the faces that cover at least one pixel box;
+        pairs: (F',) long pixel count of each box;
+        table: (15, F') rows ``1/w, w, first pair, a1, b1, a2, b2, az, bz, c1, c2, cz,
+        box corner pixel, j0, i0``: barycentric k (k = 1, 2) at box offset (dx, dy) is
+        ``ck + ak*dx + bk*dy``, the depth ``cz + az*dx + bz*dy``.
+    """
+    tri = pv[faces]
+    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
+    x0, y0 = x[:, 0], y[:, 0]
+    e1x, e1y, e2x, e2y = x[:, 1] - x0, y[:, 1] - y0, x[:, 2] - x0, y[:, 2] - y0
+    area2 = e1x * e2y - e2x * e1y
+    j0 = torch.ceil(x.amin(1) - 0.5).clamp(min=0)
+    j1 = torch.floor(x.amax(1) - 0.5).clamp(max=width - 1)
+    i0 = torch.ceil(y.amin(1) - 0.5).clamp(min=0)
+    i1 = torch.floor(y.amax(1) - 0.5).clamp(max=height - 1)
+    w, h = j1 - j0 + 1, i1 - i0 + 1
+    keep = (w > 0) & (h > 0) & (area2.abs() > 1e-10)
+    if cull:
+        keep &= area2 < 0  # image y points down: front faces turn clockwise on screen
+    fid = keep.nonzero().squeeze(1)
+    inv = 1.0 / area2[fid]
+    e1x, e1y, e2x, e2y = e1x[fid], e1y[fid], e2x[fid], e2y[fid]
+    a1, b1, a2, b2 = e2y * inv, -e2x * inv, -e1y * inv, e1x * inv
+    zf = z[fid]
+    dz1, dz2 = zf[:, 1] - zf[:, 0], zf[:, 2] - zf[:, 0]
+    az, bz = a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2
+    j0, i0, w, h = j0[fid], i0[fid], w[fid], h[fid]
+    pairs = (w * h).long()
+    first = (torch.cumsum(pairs, 0) - pairs).to(pv.dtype)
+    u0, v0 = j0 + 0.5 - x0[fid], i0 + 0.5 - y0[fid]  # first pixel centre relative to vertex 0
+    table = torch.stack([1.0 / w, w, first, a1, b1, a2, b2, az, bz, a1 * u0 + b1 * v0, a2 * u0 + b2 * v0,
+                         az * u0 + bz * v0 + zf[:, 0], i0 * width + j0, j0, i0], 0)
+    return fid, pairs, table
+
+
+def _zbuffer(pv: torch.Tensor, pairs: torch.Tensor, table: torch.Tensor, height: int, width: int,
+             chunk: int = _CHUNK_PAIRS) -> torch.Tensor:
+    """Nearest face per pixel. Returns (H*W,) long keys; ``key & 0xFFFFFFFF`` is the face row
+    of ``table`` (``_EMPTY`` where no face covers the pixel)."""
+    dev = pv.device
+    buf = torch.full((height * width,), _EMPTY, dtype=torch.long, device=dev)
+    if pairs.numel() == 0:
+        return buf
+    zmin, zmax = pv[:, 2].min(), pv[:, 2].max()
+    zscale = (2 ** 30 - 1) / (zmax - zmin).clamp_min(1e-9)
+    ends = torch.cumsum(pairs, 0)
+    cuts = torch.searchsorted(ends, torch.arange(chunk, int(ends[-1]) + chunk, chunk, device=dev)).tolist()
+    lo = 0
+    for hi in cuts:
+        hi = min(hi + 1, len(pairs))
+        if hi <= lo:
+            continue
+        rows = torch.repeat_interleave(torch.arange(lo, hi, device=dev), pairs[lo:hi])
+        cols = table[:12].index_select(1, rows)
+        invw, w, first, a1, b1, a2, b2, az, bz, c1, c2, cz = cols.unbind(0)
+        local = torch.arange(len(rows), dtype=pv.dtype, device=dev) + float(table[2, lo]) - first
+        dy = torch.floor((local + 0.5) * invw)
+        dx = local - dy * w
+        w1 = torch.addcmul(torch.addcmul(c1, a1, dx), b1, dy)
+        w2 = torch.addcmul(torch.addcmul(c2, a2, dx), b2, dy)
+        inside = (w1 >= -_INSIDE_EPS) & (w2 >= -_INSIDE_EPS) & (w1 + w2 <= 1 + _INSIDE_EPS)
+        depth = torch.addcmul(torch.addcmul(cz, az, dx), bz, dy)
+        key = (((depth - zmin) * zscale).clamp(0, 2 ** 30 - 1).long() << 32) | rows
+        key = torch.where(inside, key, _EMPTY)
+        pix = (table[12].index_select(0, rows) + dx + dy * width).long()
+        buf.scatter_reduce_(0, pix, key, "amin")
+        lo = hi
+    return buf
+
+
+def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool = False) -> torch.Tensor:
+    """Fast, non-differentiable front render for previews (hard edges, orthographic camera).
+
+    Same pixels as ``render_mesh(verts, faces, camera, sigma=0).images`` (grey albedo, the
+    default lights, black background), computed frame by frame without autograd.
+
+    Args:
+        verts: (B, V, 3) float.
+        faces: (F, 3) long on the same device.
+        camera: an orthographic :class:`talkinghead_cli.render.Camera` with batch 1.
+        cull: skip faces seen from behind (faster; wrong where the inside of the mesh shows).
+    Returns:
+        (B, H, W, 3) float in [0, 1].
+    """
+    from talkinghead_cli.render.renderer import GREY
+    from talkinghead_cli.render.shade import lambert, vertex_normals
+
+    if camera.perspective or camera.batch_size != 1:
+        raise ValueError("preview_render needs one orthographic camera")
+    height, width = camera.image_size
+    with torch.no_grad():
+        pv_all = camera.project(verts)
+        normals = torch.matmul(vertex_normals(verts, faces), camera.R.to(verts).transpose(1, 2))
+        lit = lambert(normals.reshape(-1, 3), torch.full_like(normals.reshape(-1, 3), GREY), None)
+        lit = lit[:, 0].reshape(verts.shape[0], -1)  # (B, V) Gouraud: lit once per vertex
+        grey = verts.new_zeros(verts.shape[0], height * width)
+        for b in range(verts.shape[0]):
+            fid, pairs, table = _face_planes(pv_all[b], faces, height, width, cull)
+            key = _zbuffer(pv_all[b], pairs, table, height, width)
+            pix = (key != _EMPTY).nonzero().squeeze(1)
+            row = key.index_select(0, pix) & 0xFFFFFFFF
+            a1, b1, a2, b2, c1, c2, j0, i0 = table[[3, 4, 5, 6, 9, 10, 13, 14]].index_select(1, row).unbind(0)
+            dx = (pix % width).to(verts.dtype) - j0
+            dy = torch.div(pix, width, rounding_mode="floor").to(verts.dtype) - i0
+            w1 = torch.addcmul(torch.addcmul(c1, a1, dx), b1, dy)
+            w2 = torch.addcmul(torch.addcmul(c2, a2, dx), b2, dy)
+            g = lit[b][faces[fid]].index_select(0, row)  # (M, 3) lit grey at the corners
+            g0 = g[:, 0]
+            grey[b, pix] = torch.addcmul(torch.addcmul(g0, w1, g[:, 1] - g0), w2, g[:, 2] - g0)
+    return grey.reshape(-1, height, width, 1).expand(-1, height, width, 3)
+
+
+def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, fast: bool = True):
     """Yield uint8 frames batch by batch.
 
     Args:
@@ -88,6 +234,8 @@ def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int):
         faces: (F, 3) long tensor on the same device.
         camera: a :class:`talkinghead_cli.render.Camera` framed once for the sequence.
         batch: frames per render call.
+        fast: use :func:`preview_render` (hard edges); else the differentiable
+            ``render_mesh`` with its anti-aliased outlines (several times slower).
     Yields:
         (b, H, W, 3) uint8 numpy arrays, b <= batch, in order.
     """
@@ -95,8 +243,9 @@ def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int):
 
     with torch.no_grad():
         for start in range(0, verts.shape[0], batch):
-            out = render_mesh(verts[start:start + batch], faces, camera)
-            yield to_uint8(out.images)
+            chunk = verts[start:start + batch]
+            images = preview_render(chunk, faces, camera) if fast else render_mesh(chunk, faces, camera).images
+            yield to_uint8(images)
 
 
 # ----------------------------------------------------------------------------- ffmpeg

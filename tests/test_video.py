@@ -174,3 +174,70 @@ def test_float_audio_written_by_soundfile_roundtrip(tmp_path, sphere):
     assert result.frames == 14
     _, audio, _ = probe(tmp_path / "c.mp4")
     assert abs(len(audio) / 16_000 - 0.7) < 1 / 20
+
+
+def _scene(sphere, size):
+    from talkinghead_cli.render import front_camera
+
+    verts, faces = sphere
+    v = torch.from_numpy(verts)
+    # two frames: the sphere and a squashed, shifted copy; plus a small box in front of it so
+    # that the depth test decides which surface shows
+    seq = torch.stack([v, v * torch.tensor([1.0, 0.6, 1.0]) + torch.tensor([0.2, 0.1, 0.0])])
+    box = trimesh_box()
+    bv = torch.from_numpy(box[0]).expand(2, -1, -1) + torch.tensor([0.0, 0.0, 0.9])
+    verts2 = torch.cat([seq, bv], 1)
+    faces2 = torch.cat([torch.from_numpy(faces), torch.from_numpy(box[1]) + len(verts)])
+    return verts2, faces2, front_camera(verts2[0], image_size=size)
+
+
+def trimesh_box():
+    import trimesh
+
+    b = trimesh.creation.box(extents=(0.5, 0.4, 0.3))
+    return np.asarray(b.vertices, np.float32), np.asarray(b.faces, np.int64)
+
+
+@pytest.mark.parametrize("size", [48, 96])
+def test_fast_preview_matches_render_mesh_without_outlines(sphere, size):
+    """The preview rasterizer against its reference, the differentiable renderer at sigma=0."""
+    from talkinghead_cli.render import render_mesh
+    from talkinghead_cli.video import preview_render
+
+    verts, faces, cam = _scene(sphere, size)
+    ref = render_mesh(verts, faces, cam, sigma=0.0).images
+    fast = preview_render(verts, faces, cam)
+    assert fast.shape == ref.shape == (2, size, size, 3)
+    diff = (fast - ref).abs().amax(-1)
+    assert (diff > 1e-4).float().mean() < 2e-3  # at most a tie on an edge pixel or two
+    assert (ref.amax(-1) > 0).float().mean() > 0.2  # the scene is not empty
+
+
+def test_fast_preview_culling_keeps_the_front(sphere):
+    from talkinghead_cli.video import preview_render
+
+    verts, faces, cam = _scene(sphere, 48)
+    full = preview_render(verts, faces, cam)
+    culled = preview_render(verts, faces, cam, cull=True)
+    assert torch.allclose(full, culled, atol=1e-6)  # closed meshes: back faces are hidden anyway
+
+
+def test_slow_path_renders_too(tmp_path, sphere):
+    """render_frames(fast=False) goes through render_mesh (anti-aliased outlines)."""
+    from talkinghead_cli.render import front_camera
+    from talkinghead_cli.video import render_frames
+
+    verts, faces = nodding(sphere, 3)
+    v, f = torch.from_numpy(verts), torch.from_numpy(faces)
+    cam = front_camera(v[0], image_size=32)
+    slow = np.concatenate(list(render_frames(v, f, cam, batch=2, fast=False)))
+    fast = np.concatenate(list(render_frames(v, f, cam, batch=2)))
+    assert slow.shape == fast.shape == (3, 32, 32, 3) and slow.dtype == np.uint8
+    covered = fast.max(-1) > 0
+    interior = covered.copy()
+    for axis in (1, 2):  # erode the silhouette by 2 pixels
+        for shift in (-2, -1, 1, 2):
+            interior &= np.roll(covered, shift, axis=axis)
+    diff = np.abs(slow.astype(int) - fast.astype(int)).max(-1)
+    assert interior.mean() > 0.2 and diff[interior].max() <= 1  # same shading inside
+    assert slow.max(-1)[~covered].max() > 10  # the slow path's soft outline spills past the edge

@@ -17,6 +17,12 @@ from typing import Iterator
 from talkinghead_cli.errors import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _check_parent(target: Path) -> Path:
     parent = target.parent
     try:
@@ -40,6 +46,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -61,6 +68,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise UserError("the output path exists and is not a folder", target,
                         "remove it or choose another output path")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
     try:
         yield tmp
         old = None

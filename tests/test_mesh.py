@@ -124,3 +124,18 @@ def test_sequence_errors(tmp_path, sphere):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no OBJ"):
         load_sequence(tmp_path / "empty")
+
+
+def test_outputs_get_normal_permissions(tmp_path, sphere):
+    import os
+    import stat
+
+    verts, faces = sphere
+    old = os.umask(0o022)
+    try:
+        folder = write_sequence(tmp_path / "seq", verts[None], faces, fmt="obj")
+        single = write_sequence(tmp_path / "seq.npy", verts[None], faces, fmt="npy")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE(single.stat().st_mode) == 0o644

@@ -128,3 +128,16 @@ def test_loss_weights_combine():
     torch.testing.assert_close(a.loss, a.ce)
     torch.testing.assert_close(b.loss, b.ctc)
     torch.testing.assert_close(c.loss, 0.1 * c.ctc + 0.9 * c.ce)
+
+
+def test_padded_batch_matches_single_item():
+    """Zero-padded frames beyond ``lengths`` change nothing for the valid part (eval mode)."""
+    m = _tiny("video").eval()
+    short, other = torch.randn(1, 9, 40, 40), torch.randn(1, 13, 40, 40)
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 0, 0, 4)), other])
+    tokens = torch.randint(1, 30, (2, 4))
+    with torch.no_grad():
+        ctc_b, att_b, _ = m(batch, tokens=tokens, lengths=torch.tensor([9, 13]))
+        ctc_1, att_1, _ = m(short, tokens=tokens[:1])
+    torch.testing.assert_close(ctc_b[0, :9], ctc_1[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(att_b[0], att_1[0], atol=1e-5, rtol=1e-4)

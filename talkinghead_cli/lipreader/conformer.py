@@ -119,11 +119,14 @@ class ConvModule(nn.Module):
         self.pw2 = nn.Conv1d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, D), mask: (B, 1, T) True = valid (padding is zeroed first)."""
-        x = x.transpose(1, 2)
+        """x: (B, T, D), mask: (B, 1, T) True = valid.
+
+        Padded frames are zeroed right before the depthwise convolution, so that it sees
+        the same zeros at a sequence's end as an unpadded sequence does.
+        """
+        x = nn.functional.glu(self.pw1(x.transpose(1, 2)), dim=1)
         if mask is not None:
             x = x.masked_fill(~mask, 0.0)
-        x = nn.functional.glu(self.pw1(x), dim=1)
         x = nn.functional.silu(self.bn(self.dw(x)))
         return self.pw2(x).transpose(1, 2)
 

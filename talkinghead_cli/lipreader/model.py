@@ -19,6 +19,12 @@ with ``p_drop_video`` / ``p_drop_audio`` zeroes one stream per sample in the sam
 (``config.modalities`` = ``"video"`` or ``"audio"``) have no fusion MLP, like
 Auto-AVSR's visual-only checkpoints.
 
+**Batches of different lengths.** Pass ``lengths`` (B,) and pad video with zeros (in
+normalised space) after each item's end: the valid part then reads exactly as the item
+alone in eval mode (the 2D trunk is per frame, attention and the conformer convolution
+are masked). Audio is normalised over its valid samples, but its 1D ResNet sees the
+padding near an item's end, as in Auto-AVSR.
+
 Token conventions (Auto-AVSR / ESPnet): id 0 is the CTC blank, the last id
 (``vocab_size - 1``) is both <sos> and <eos>.
 """
@@ -181,12 +187,19 @@ class LipReader(nn.Module):
         return mode
 
     def _audio_features(self, audio: torch.Tensor, t: int, mask) -> torch.Tensor:
-        """audio: (B, S) -> (B, T, D_a), the waveform trimmed/zero-padded to T*640 samples."""
+        """audio: (B, S) -> (B, T, D_a), the waveform trimmed/zero-padded to T*640 samples.
+
+        The per-utterance normalisation uses the valid samples only (``mask``: (B, 1, T)).
+        """
         spf = self.audio_frontend.samples_per_frame
         s = t * spf
         audio = audio[:, :s] if audio.shape[1] >= s else nn.functional.pad(audio, (0, s - audio.shape[1]))
         if self.config.audio_layer_norm:
-            audio = (audio - audio.mean(1, keepdim=True)) / (audio.std(1, keepdim=True) + 1e-5)
+            valid = mask[:, 0].repeat_interleave(spf, dim=1).to(audio.dtype)  # (B, S)
+            n = valid.sum(1, keepdim=True).clamp(min=2)
+            mean = (audio * valid).sum(1, keepdim=True) / n
+            var = (((audio - mean) * valid) ** 2).sum(1, keepdim=True) / (n - 1)
+            audio = (audio - mean) / (var.sqrt() + 1e-5) * valid
         return self.audio_encoder(self.audio_frontend(audio), mask)
 
     def encode(self, video=None, audio=None, lengths=None, mode: Mode | None = None):

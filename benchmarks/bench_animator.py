@@ -70,12 +70,17 @@ def run(name: str, seconds: list[float], reference: list[float], repeats: int) -
     for sec in seconds:
         audio = torch.randn(1, int(sec * model.sample_rate)) * 0.1
         frames = model.num_frames(audio.shape[1])
+        total = min(time_once(lambda: model.predict(audio, template, style)) for _ in range(repeats))
         with torch.inference_mode():
             enc = min(time_once(lambda: model.encode_audio(audio, frames)) for _ in range(repeats))
-        total = min(time_once(lambda: model.predict(audio, template, style)) for _ in range(repeats))
-        print(f"  predict {sec:6.1f} s speech ({frames:5d} frames): {total:7.2f} s total, "
-              f"encoder {enc:6.2f} s, decoding {total - enc:6.2f} s "
-              f"({1e3 * (total - enc) / frames:.2f} ms/frame)")
+            memory = model.encode_audio(audio, frames)
+        encode = model.encode_audio
+        model.encode_audio = lambda a, t: memory  # time the decoding loop alone
+        dec = min(time_once(lambda: model.predict(audio, template, style)) for _ in range(repeats))
+        model.encode_audio = encode
+        passes = f", {model.last_passes} passes" if getattr(model, "last_passes", None) else ""
+        print(f"  predict {sec:6.1f} s speech ({frames:5d} frames): {total:7.2f} s end to end | "
+              f"encoder {enc:6.2f} s + decoding {dec:6.2f} s ({1e3 * dec / frames:.2f} ms/frame{passes})")
     for sec in reference:
         audio = torch.randn(1, int(sec * model.sample_rate)) * 0.1
         ref = time_once(lambda: model.predict_reference(audio, template, style))

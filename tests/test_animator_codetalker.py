@@ -102,10 +102,13 @@ def test_decoder_step_equals_full_causal_decode():
     torch.testing.assert_close(prefix, full[:, :5], atol=1e-5, rtol=0)  # causal
 
 
-def test_predict_equals_plain_autoregressive_loop():
-    _, s2 = stage2_model()
+@pytest.mark.parametrize("block", [0, 5])
+def test_predict_equals_plain_autoregressive_loop(block):
+    _, s2 = stage2_model(block_frames=block)
     audio, template, style, _ = data()
     fast = s2.predict(audio, template, style)
+    if block:
+        assert 30 / block <= s2.last_passes < 30  # several frames kept per pass
     slow = s2.predict_reference(audio, template, style)
     assert fast.shape == (2, 30, V, 3)
     assert (fast[:, 1:] - fast[:, :-1]).abs().max() > 1e-4  # frames differ: codes change

@@ -120,14 +120,16 @@ class MotionDecoder(nn.Module):
         b, h = like.shape[0], self.expander.in_channels
         return {"codes": like.new_zeros(b, h, t_max + 4), "attn": self.transformer.start(like, t_max)}
 
-    def step(self, code: Tensor, state: dict, t: int) -> Tensor:
-        """Frame t: code (B, 1, H) -> (B, 1, H), equal to ``forward(codes[:, :t+1])[:, t]``."""
+    def step(self, codes: Tensor, state: dict, t: int) -> Tensor:
+        """Frames t..t+n-1: codes (B, n, H) -> (B, n, H), equal to ``forward`` of the whole
+        prefix at those frames (the history of frames < t is in ``state``)."""
+        n = codes.shape[1]
         hist = state["codes"]
-        hist[:, :, t + 4] = code[:, 0]
+        hist[:, :, t + 4:t + 4 + n] = codes.transpose(1, 2)
         if t == 0:  # replicate padding
-            hist[:, :, :4] = code[:, 0, :, None]
-        x = F.conv1d(hist[:, :, t:t + 5], self.expander.weight, self.expander.bias).transpose(1, 2)
-        x = self._embed(x, torch.tensor([t], device=code.device))
+            hist[:, :, :4] = codes[:, 0, :, None]
+        x = F.conv1d(hist[:, :, t:t + n + 4], self.expander.weight, self.expander.bias).transpose(1, 2)
+        x = self._embed(x, torch.arange(t, t + n, device=codes.device))
         return self.transformer.step(x, state["attn"], t)
 
 
@@ -276,6 +278,8 @@ class CodeTalker(Animator):
         self.check_inputs(audio, template, style)
         t_total = num_frames or self.num_frames(audio.shape[1])
         with self.evaluating():
+            if self.cfg.block_frames > 1:
+                return self._block_loop(audio, template, style, t_total, progress)
             return self._fast_loop(audio, template, style, t_total, progress)
 
     def _fast_loop(self, audio, template, style, t_total, progress) -> Tensor:
@@ -301,6 +305,54 @@ class CodeTalker(Animator):
                 x = torch.baddbmm(fold_b, g, fold_w)
                 if (t + 1) % every == 0 or t + 1 == t_total:
                     report(progress, t + 1, t_total)
+        return dec.vertice_map_reverse(gs).view(b, t_total, -1, 3) + template[:, None]
+
+    def _block_loop(self, audio, template, style, t_total, progress) -> Tensor:
+        """Fixed-point (Jacobi) decoding of ``block_frames`` frames per pass, exact.
+
+        Each pass runs both decoders on a block of frames at once (the weights are read
+        once per block instead of once per frame). The first frame of the block has its
+        true input, so its code is right; frame j's input was computed from the previous
+        pass's codes of the frames before it, so its code is right as long as those codes
+        are the ones this pass finds. The pass keeps that leading run of frames (at least
+        one) and guesses the rest again from its own output. Because the feedback to the
+        next frame depends on the discrete codes only, a kept frame is exactly what the
+        frame-by-frame loop computes.
+        """
+        mem = self.encode_audio(audio, t_total)
+        b, q, c, hid = audio.shape[0], self.cfg.vq_face_quan_num, self.cfg.vq_code_dim, self.cfg.vq_hidden
+        w, dec = self.cfg.block_frames, self.vqvae.decoder
+        style_emb = self.style_embedding(style)
+        pe = self.positions(t_total, mem)
+        state = self.transformer_decoder.start(mem, t_total, mem, self.k)
+        dec_state = dec.start(mem.new_zeros(b, 1, hid), t_total)
+        fold_w = (self.vertice_map.weight @ dec.vertice_map_reverse.weight).T.expand(b, -1, -1)
+        fold_b = (self.vertice_map.weight @ dec.vertice_map_reverse.bias + self.vertice_map.bias) + style_emb
+        guess = (self.vertice_map.bias + style_emb).expand(b, w, -1)  # frame 0's input is exact
+        prev = None  # codes (B, m, Q) the last pass found for the frames now being decoded
+        gs = mem.new_empty(b, t_total, hid)
+        done = passes = 0
+        every = max(1, int(self.fps))
+        with self.loop_threads(mem.device):
+            while done < t_total:
+                n = min(w, t_total - done)
+                h = self.transformer_decoder.step(guess[:, :n] + pe[done:done + n], state, done)
+                code, idx = self.vqvae.quantize.lookup(self.feat_map(h).view(b, n, q, c))
+                g = dec.step(code.view(b, n, hid), dec_state, done)
+                keep = 1
+                if prev is not None:
+                    m = min(prev.shape[1], n - 1)
+                    same = (prev[:, :m] == idx[:, :m]).flatten(2).all(-1).all(0)
+                    keep += int(same.long().cumprod(0).sum())
+                gs[:, done:done + keep] = g[:, :keep]
+                nxt = torch.baddbmm(fold_b, g, fold_w)[:, keep - 1:]  # inputs of frames done+keep..
+                guess = torch.cat([nxt, nxt[:, -1:].expand(b, w - nxt.shape[1], -1)], 1) if nxt.shape[1] < w else nxt
+                prev = idx[:, keep:]
+                if (done + keep) // every > done // every or done + keep == t_total:
+                    report(progress, done + keep, t_total)
+                done += keep
+                passes += 1
+        self.last_passes = passes
         return dec.vertice_map_reverse(gs).view(b, t_total, -1, 3) + template[:, None]
 
     @torch.no_grad()

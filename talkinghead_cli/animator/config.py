@@ -87,6 +87,7 @@ class AnimatorConfig(BaseModel):
     quant_loss_weight: float = 1.0
     motion_weight: float = 1.0
     reg_weight: float = 1.0
+    block_frames: int = Field(16, ge=0)  # codetalker predict: frames per exact fixed-point pass (<= 1: one at a time)
 
     @model_validator(mode="after")
     def _resolve_sizes(self) -> "AnimatorConfig":

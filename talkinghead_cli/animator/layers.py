@@ -169,35 +169,38 @@ class DecoderLayer(nn.Module):
 
     def step(self, x: Tensor, cache: SelfCache, t: int, bias: Tensor | None,
              cross: dict | None = None) -> Tensor:
-        """One new frame (eval mode). x: (B, 1, d) at position t; returns (B, 1, d).
+        """New frames t..t+n-1 (eval mode). x: (B, n, d); returns (B, n, d).
 
         Args:
-            cache: keys/values of frames < t (frame t is written here).
-            bias: (B*H, 1, t+1) additive self-attention bias row, or None.
+            cache: keys/values of frames < t; frames t..t+n-1 are written here.
+            bias: (B*H, n, t+n) additive self-attention bias (with -inf for the future
+                inside the block), or None for no mask.
             cross: from ``precompute_cross`` (decoder layers only).
         """
-        b, _, d = x.shape
+        b, n, d = x.shape
         h = self.self_attn.num_heads
-        qkv = self.self_attn.project(x, slice(0, 3 * d)).view(b, 3, h, d // h).transpose(0, 1)
-        cache.k[:, t] = qkv[1].reshape(b * h, d // h)
-        cache.v[:, t] = qkv[2].reshape(b * h, d // h)
-        q = qkv[0].reshape(b * h, 1, d // h)
-        keys, values = cache.k[:, : t + 1], cache.v[:, : t + 1]
+        dh = d // h
+        qkv = self.self_attn.project(x, slice(0, 3 * d)).view(b, n, 3, h, dh)
+        cache.k[:, t:t + n] = qkv[:, :, 1].transpose(1, 2).reshape(b * h, n, dh)
+        cache.v[:, t:t + n] = qkv[:, :, 2].transpose(1, 2).reshape(b * h, n, dh)
+        q = qkv[:, :, 0].transpose(1, 2).reshape(b * h, n, dh)
+        keys, values = cache.k[:, : t + n], cache.v[:, : t + n]
         if bias is None:
-            scores = torch.bmm(q, keys.transpose(1, 2)) * (d // h) ** -0.5
-        else:  # bias: (B*H, 1, t+1)
-            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=(d // h) ** -0.5)
-        a = torch.bmm(torch.softmax(scores, -1), values).view(b, 1, d)
-        a = self.self_attn.out_proj(a)
-        x = self.norm1(x + a)
+            scores = torch.bmm(q, keys.transpose(1, 2)) * dh ** -0.5
+        else:
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2), alpha=dh ** -0.5)
+        a = torch.bmm(torch.softmax(scores, -1), values).view(b, h, n, dh).transpose(1, 2)
+        x = self.norm1(x + self.self_attn.out_proj(a.reshape(b, n, d)))
         if self.multihead_attn is None:
             return self.norm2(x + self._ffn(x))
-        if cross["k"] == 1:
-            c = cross["all"][:, t:t + 1]
+        k = cross["k"]
+        if k == 1:
+            c = cross["all"][:, t:t + n]
         else:
-            k = cross["k"]
-            keys, values = cross["kv"][0][:, :, t * k:(t + 1) * k], cross["kv"][1][:, :, t * k:(t + 1) * k]
-            c = self.multihead_attn.attend(self.multihead_attn.project(x, slice(0, d)), keys, values, None)
+            keys = cross["kv"][0][:, :, t * k:(t + n) * k]
+            values = cross["kv"][1][:, :, t * k:(t + n) * k]
+            mask = alignment_mask(n, k, x.device).to(x.dtype)[None]
+            c = self.multihead_attn.attend(self.multihead_attn.project(x, slice(0, d)), keys, values, mask)
         x = self.norm2(x + c)
         return self.norm3(x + self._ffn(x))
 
@@ -238,9 +241,15 @@ class BiasedDecoder(nn.Module):
         }
 
     def step(self, x: Tensor, state: dict, t: int) -> Tensor:
-        """Frame t. x: (B, 1, d) -> (B, 1, d)."""
-        row = state["bias_rev"][:, None, state["t_max"] - 1 - t:]  # (B*H, 1, t+1)
+        """Frames t..t+n-1 given the cache of frames < t. x: (B, n, d) -> (B, n, d)."""
+        n, t_max = x.shape[1], state["t_max"]
+        if n == 1:
+            bias = state["bias_rev"][:, None, t_max - 1 - t:]  # (B*H, 1, t+1)
+        else:
+            dist = (t + torch.arange(n, device=x.device))[:, None] - torch.arange(t + n, device=x.device)
+            bias = state["bias_rev"][:, t_max - 1 - dist.clamp(min=0)]  # (B*H, n, t+n)
+            bias = bias.masked_fill(dist[None] < 0, float("-inf"))
         for i, layer in enumerate(self.layers):
             cross = state["cross"][i] if self.cross else None
-            x = layer.step(x, state["caches"][i], t, row, cross)
+            x = layer.step(x, state["caches"][i], t, bias, cross)
         return x

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader.tokenizer import (CharTokenizer, SentencePieceTokenizer, normalize_text,

@@ -108,11 +108,12 @@ def test_smoothed_ce_matches_definition():
     assert loss[0, 2] == 0
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_loss_gradient_reaches_input_frames(reduction):
-    m = _tiny("video").train()
+@pytest.mark.parametrize("reduction,modalities", [("sum", "video"), ("mean", "video"), ("sum", "av")])
+def test_loss_gradient_reaches_input_frames(reduction, modalities):
+    m = _tiny(modalities, p_drop_audio=0.5).train()
     frames = normalize_frames(torch.rand(2, 12, 48, 48)).requires_grad_(True)
-    out = expert_loss(m, [[5, 6, 7], [8, 9]], video=frames, reduction=reduction)
+    audio = torch.randn(2, 12 * 640) if modalities == "av" else None
+    out = expert_loss(m, [[5, 6, 7], [8, 9]], video=frames, audio=audio, reduction=reduction)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert frames.grad is not None and frames.grad.abs().sum() > 0

@@ -145,6 +145,6 @@ def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, siz
         raise UserError("no face of the mesh reaches the lip window", None, "check the lip region indices")
     v_sub, f_sub, c_sub = compact(verts, sub, colors)
     out = render(v_sub, f_sub, camera, colors=c_sub, lights=lights, background=background, sigma=sigma,
-                 backend=backend, cull_backfaces=cull_backfaces, gray=True)
+                 backend=backend, cull_backfaces=cull_backfaces, gray=True, buffers=False)
     gray = out.images[..., 0]
     return (gray - AVSR_MEAN) / AVSR_STD if normalize else gray

@@ -175,7 +175,7 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
         e1x, e1y = x[..., 1] - x[..., 0], y[..., 1] - y[..., 0]
         e2x, e2y = x[..., 2] - x[..., 0], y[..., 2] - y[..., 0]
         area2 = e1x * e2y - e2x * e1y
-        valid = torch.isfinite(tri).all(-1).all(-1) & (area2.abs() > 1e-10)
+        valid = torch.isfinite(pv).all(-1)[:, faces].all(-1) & (area2.abs() > 1e-10)
         if perspective:
             valid &= z.min(-1).values > 1e-6
         if cull_backfaces:
@@ -264,10 +264,35 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
     if perspective:
         depth = 1.0 / depth
     face = lin[kidx] % F
+    if depth.dtype == torch.float32:
+        return _nearest_packed(pix, depth, face, B * H * W)
     win = _winner(pix, depth, B * H * W, largest=False, tiebreak=face)
     zmap = torch.full((B * H * W,), float("inf"), dtype=depth.dtype, device=depth.device)
     zmap[pix[win]] = depth[win]
     return pix[win], face[win], zmap
+
+
+def _sortable(bits: torch.Tensor) -> torch.Tensor:
+    """float32 bit patterns (as int64, sign-extended) -> ints ordered like the floats (an involution)."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _nearest_packed(pix, depth, face, n):
+    """:func:`_winner` for the hard layer in one ``scatter_reduce``: the key packs the depth's
+    order-preserving float32 bits (high 32 bits) with the inverted face index (low 32 bits), so
+    the minimum is the nearest face, ties going to the largest face index.
+
+    Returns pix (N,), face (N,) and the depth map (n,) (inf where empty).
+    """
+    low = 0x7FFFFFFF
+    key = (_sortable(depth.contiguous().view(torch.int32).long()) << 32) | (low - face)
+    best = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=pix.device)
+    best.scatter_reduce_(0, pix, key, "amin", include_self=True)
+    hit = torch.nonzero(best != torch.iinfo(torch.int64).max).squeeze(1)
+    k = best[hit]
+    zmap = torch.full((n,), float("inf"), dtype=depth.dtype, device=depth.device)
+    zmap[hit] = _sortable(k >> 32).to(torch.int32).view(torch.float32)
+    return hit, low - (k & 0xFFFFFFFF), zmap
 
 
 def hard_barycentrics(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor, perspective: bool):

@@ -26,7 +26,7 @@ import torch
 
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.render.camera import Camera
-from talkinghead_cli.render.rasterize import Fragments, hard_barycentrics, point_triangle, rasterize
+from talkinghead_cli.render.rasterize import Fragments, point_triangle, rasterize
 from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
 
 BACKENDS = ("auto", "torch", "pytorch3d")
@@ -45,6 +45,9 @@ class RenderOutput:
         depth: (B, H, W) depth of the hard layer, ``inf`` where no face covers the pixel.
         face_index: (B, H, W) long index of the hard-layer face, -1 on background.
         bary: (B, H, W, 3) (perspective-correct) barycentrics of the hard layer, 0 on background.
+
+    ``images`` and ``alpha`` are differentiable; ``depth``, ``face_index`` and ``bary`` are
+    detached buffers.
     """
 
     images: torch.Tensor
@@ -148,66 +151,81 @@ def _background(background, like):
     return bg.expand(3)
 
 
-def face_planes(tri: torch.Tensor, attrs: torch.Tensor, drawable: torch.Tensor, perspective: bool) -> torch.Tensor:
+def face_planes(tri: torch.Tensor, attrs: torch.Tensor | None, perspective: bool, bary: bool = False):
     """Screen-space plane equations of each face (differentiable, computed once per face).
 
     A quantity that is linear on screen over a triangle is ``a0 + ax * dx + ay * dy`` with
-    ``(dx, dy)`` the pixel centre relative to the face's vertex 0. Orthographic: the
-    barycentrics ``w1, w2``, the depth and the attributes are linear. Perspective: ``w_i / z_i``,
-    ``1 / z`` and ``attribute / z`` are linear; dividing by the ``1 / z`` plane gives the
-    perspective-correct values. Per-pixel work is then one row gather and two multiply-adds
-    per quantity, instead of recomputing barycentrics from the three corners at every pixel.
+    ``(dx, dy)`` the pixel centre relative to the face's vertex 0. Orthographic: barycentrics,
+    depth and attributes are linear. Perspective: ``w_i / z_i``, ``1 / z`` and
+    ``attribute / z`` are linear; dividing by the ``1 / z`` plane gives the perspective-correct
+    values. Per-pixel work is then a few gathers and two multiply-adds per quantity, instead
+    of recomputing barycentrics from the three corners at every pixel.
 
     Args:
-        tri: (M, 3, 3) projected corners (pixel x, pixel y, depth).
-        attrs: (M, 3, C) per-corner attributes (e.g. lit colours).
-        drawable: (M,) bool; other faces get harmless finite planes (never selected).
+        tri: (M, 3, 3) projected corners (pixel x, pixel y, depth) of drawable faces.
+        attrs: (M, 3, C) per-corner attributes (e.g. lit colours), or None.
         perspective: see above.
+        bary: also include the planes of ``w1, w2`` and depth.
     Returns:
-        (M, 2 + 3 * (3 + C)): ``x0, y0``, then ``a0``, ``ax`` and ``ay`` for each of
-        ``[u1, u2, d, attrs...]`` where ``u = w`` and ``d = depth`` (orthographic) or
+        ``x0, y0`` (M,) and a list of planes ``(a0, ax, ay)`` of (M,) tensors, for the quantities
+        ``[u1, u2, d]`` if ``bary``, then ``q = 1/z`` (perspective only), then the attributes
+        (times ``q`` when perspective); ``u = w`` and ``d = depth`` (orthographic) or
         ``u_i = w_i / z_i`` and ``d = 1/z`` (perspective).
     """
-    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
-    e1x, e1y = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
-    e2x, e2y = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
-    area2 = e1x * e2y - e2x * e1y
-    inv_a = 1.0 / torch.where(drawable, area2, torch.ones_like(area2))
+    x, y, z = tri.unbind(-1)  # (M, 3) each
+    x0, x1, x2 = x.unbind(1)
+    y0, y1, y2 = y.unbind(1)
+    e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
+    inv_a = 1.0 / (e1x * e2y - e2x * e1y)
     a1, b1, a2, b2 = e2y * inv_a, -e2x * inv_a, -e1y * inv_a, e1x * inv_a  # w1 = a1 dx + b1 dy, ...
+    vals, planes = [], []
     if perspective:
-        q = 1.0 / torch.where(drawable[:, None], z, torch.ones_like(z))  # (M, 3)
-        vals = torch.cat([q[..., None], attrs * q[..., None]], -1)  # (M, 3, 1 + C)
-        zero = torch.zeros_like(a1)
-        u = [torch.stack([zero, a1 * q[:, 1], b1 * q[:, 1]], 1),
-             torch.stack([zero, a2 * q[:, 2], b2 * q[:, 2]], 1)]
+        q = 1.0 / z  # (M, 3)
+        vals.append(q[..., None])
+        if attrs is not None:
+            vals.append(attrs * q[..., None])
+        if bary:
+            zero = torch.zeros_like(a1)
+            planes = [(zero, a1 * q[:, 1], b1 * q[:, 1]), (zero, a2 * q[:, 2], b2 * q[:, 2])]
     else:
-        vals = torch.cat([z[..., None], attrs], -1)
-        zero = torch.zeros_like(a1)
-        u = [torch.stack([zero, a1, b1], 1), torch.stack([zero, a2, b2], 1)]
-    d1, d2 = vals[:, 1] - vals[:, 0], vals[:, 2] - vals[:, 0]  # (M, 1 + C)
-    planes = torch.stack([vals[:, 0], a1[:, None] * d1 + a2[:, None] * d2,
-                          b1[:, None] * d1 + b2[:, None] * d2], -1)  # (M, 1 + C, 3)
-    planes = torch.cat([u[0][:, None], u[1][:, None], planes], 1)  # (M, 3 + C, 3)
-    return torch.cat([x[:, :1], y[:, :1], planes.transpose(1, 2).reshape(planes.shape[0], -1)], 1)
+        if bary:
+            zero = torch.zeros_like(a1)
+            planes = [(zero, a1, b1), (zero, a2, b2)]
+            vals.append(z[..., None])
+        if attrs is not None:
+            vals.append(attrs)
+    v0, v1, v2 = torch.cat(vals, -1).unbind(1)  # (M, Q') each
+    d1, d2 = v1 - v0, v2 - v0
+    ax = a1[:, None] * d1 + a2[:, None] * d2
+    ay = b1[:, None] * d1 + b2[:, None] * d2
+    planes += list(zip(v0.unbind(1), ax.unbind(1), ay.unbind(1)))
+    return x0, y0, planes
 
 
-def eval_planes(rows: torch.Tensor, px: torch.Tensor, py: torch.Tensor, perspective: bool):
-    """Evaluate gathered :func:`face_planes` rows at pixel centres.
+def eval_planes(x0, y0, planes, idx: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> list[torch.Tensor]:
+    """Evaluate :func:`face_planes` at pixel centres.
 
     Args:
-        rows: (N, 2 + 3 * (3 + C)); px, py: (N,).
+        x0, y0, planes: from :func:`face_planes` ((M,) tensors).
+        idx: (N,) long face row of each pixel; px, py: (N,) pixel centres.
     Returns:
-        bary (3, N), depth (N,), attrs (C, N), perspective-correct when ``perspective``.
+        one (N,) tensor per plane. Everything runs on 1-D gathers and contiguous (N,) vectors.
     """
-    m = (rows.shape[1] - 2) // 3
-    # quantity-major (rows of N): the per-pixel arithmetic runs on long contiguous vectors
-    x0, y0, a0, ax, ay = rows.T.contiguous().split([1, 1, m, m, m], dim=0)
-    v = a0 + ax * (px - x0) + ay * (py - y0)  # (3 + C, N)
-    u, d, attrs = v.split([2, 1, m - 3], dim=0)
-    if perspective:
-        inv = 1.0 / d
-        u, d, attrs = u * inv, inv, attrs * inv
-    return torch.cat([1.0 - u.sum(0, keepdim=True), u], 0), d[0], attrs
+    dx = px - x0.index_select(0, idx)
+    dy = py - y0.index_select(0, idx)
+    return [torch.addcmul(torch.addcmul(a0.index_select(0, idx), ax.index_select(0, idx), dx),
+                          ay.index_select(0, idx), dy) for a0, ax, ay in planes]
+
+
+def _hard_buffers(tri, idx, px, py, perspective):
+    """Barycentrics (N, 3) and depth (N,) of the hard layer, without autograd."""
+    with torch.no_grad():
+        x0, y0, planes = face_planes(tri.detach(), None, perspective, bary=True)
+        u1, u2, d = eval_planes(x0, y0, planes, idx, px, py)
+        if perspective:
+            d = 1.0 / d
+            u1, u2 = u1 * d, u2 * d
+        return torch.stack([1.0 - u1 - u2, u1, u2], 1), d
 
 
 def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
@@ -244,8 +262,11 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, colors
 
 
 def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma=DEFAULT_SIGMA,
-           backend="auto", cutoff=4.0, cull_backfaces=False, gray: bool = False) -> RenderOutput:
-    """:func:`render_mesh`, with ``gray=True`` giving (B, H, W, 1) luma images (cheaper)."""
+           backend="auto", cutoff=4.0, cull_backfaces=False, gray: bool = False,
+           buffers: bool = True) -> RenderOutput:
+    """:func:`render_mesh`, with ``gray=True`` giving (B, H, W, 1) luma images and
+    ``buffers=False`` skipping depth, face index and barycentrics (left None): the cheap path
+    of lip windows."""
     faces, colors = _check_inputs(verts, faces, camera, colors)
     if sigma < 0:
         raise UserError(f"sigma must be >= 0, got {sigma}", None, "give an outline width in pixels")
@@ -262,37 +283,49 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
     if gray:
         bg = (bg @ torch.tensor(LUMA, dtype=bg.dtype, device=bg.device)).reshape(1)
 
-    # hard layer: per-face planes, evaluated at the selected pixels
-    hp, hb = frag.hard_pix, torch.div(frag.hard_pix, HW, rounding_mode="floor")
+    # hard layer: planes of the faces it uses, evaluated at its pixels
+    hp, hf = frag.hard_pix, frag.hard_face
+    hbf = torch.div(hp, HW, rounding_mode="floor") * F + hf  # (Nh,) b * F + f
     used = torch.zeros(B * F, dtype=torch.bool, device=verts.device)
-    used[hb * F + frag.hard_face] = True
-    fid = torch.nonzero(used).squeeze(1)  # (M,) b * F + f of the faces seen somewhere
+    used[hbf] = True
+    fid = torch.nonzero(used).squeeze(1)  # (M,)
     slot = torch.zeros(B * F, dtype=torch.long, device=verts.device)
     slot[fid] = torch.arange(fid.shape[0], device=verts.device)
-    corner = torch.div(fid, F, rounding_mode="floor")[:, None] * V + faces[fid % F]  # (M, 3)
-    tri = pv.reshape(B * V, 3).index_select(0, corner.reshape(-1)).reshape(-1, 3, 3)
-    attrs = vcol.index_select(0, corner.reshape(-1)).reshape(-1, 3, C)
-    planes = face_planes(tri, attrs, torch.ones_like(fid, dtype=torch.bool), camera.perspective)
+    hs = slot[hbf]
+    corner = (torch.div(fid, F, rounding_mode="floor")[:, None] * V + faces[fid % F]).reshape(-1)
+    tri = pv.reshape(B * V, 3).index_select(0, corner).reshape(-1, 3, 3)
+    attrs = vcol.index_select(0, corner).reshape(-1, 3, C)
     hx, hy = _pixel_centres(hp, H, W, verts.dtype)
-    hs = slot[hb * F + frag.hard_face]
-    bary_h, depth_h, col_h = eval_planes(planes.index_select(0, hs), hx, hy, camera.perspective)
+    v = eval_planes(*face_planes(tri, attrs, camera.perspective), hs, hx, hy)
+    if camera.perspective:
+        inv = 1.0 / v[0]
+        v = [c * inv for c in v[1:]]
+    col_h = torch.stack(v, 1)  # (Nh, C)
 
-    image = bg[:, None].expand(C, N).contiguous().index_copy(1, hp, col_h)  # (C, B*H*W)
-    alpha = verts.new_zeros(N).index_put((hp,), torch.ones_like(depth_h))
+    image = bg.expand(N, C).contiguous()
+    image.index_put_((hp,), col_h)
+    covered = torch.zeros(N, dtype=torch.bool, device=verts.device)
+    covered[hp] = True
+    alpha = covered.to(verts.dtype)
     if frag.soft_pix.numel() > 0:
         sp, sf = frag.soft_pix, frag.soft_face
         sx, sy = _pixel_centres(sp, H, W, verts.dtype)
         tri_s = _gather_corners(pv.reshape(B * V, 3), sp, sf, faces, V, HW)
         cover, bary_s = soft_coverage(tri_s, sx, sy, camera.perspective, sigma)
-        col_s = (bary_s[..., None] * _gather_corners(vcol, sp, sf, faces, V, HW)).sum(1).T  # (C, Ns)
-        image = image.index_copy(1, sp, cover * col_s + (1 - cover) * image.index_select(1, sp))
-        alpha = alpha.index_put((sp,), cover + (1 - cover) * alpha[sp])
+        col_s = (bary_s[..., None] * _gather_corners(vcol, sp, sf, faces, V, HW)).sum(1)  # (Ns, C)
+        a = cover[:, None]
+        image.index_put_((sp,), a * col_s + (1 - a) * image[sp])
+        alpha.index_put_((sp,), cover + (1 - cover) * alpha[sp])
 
-    depth = torch.full((N,), float("inf"), dtype=verts.dtype, device=verts.device).index_put((hp,), depth_h)
-    face_index = torch.full((N,), -1, dtype=torch.long, device=verts.device)
-    face_index[hp] = frag.hard_face
-    bary = verts.new_zeros(3, N).index_copy(1, hp, bary_h)
-    images = image.reshape(C, B, H, W).permute(1, 2, 3, 0)
-    return RenderOutput(images=images if C == 1 else images.contiguous(), alpha=alpha.reshape(B, H, W),
-                        depth=depth.reshape(B, H, W), face_index=face_index.reshape(B, H, W),
-                        bary=bary.reshape(3, B, H, W).permute(1, 2, 3, 0))
+    depth = face_index = bary = None
+    if buffers:
+        bary_h, depth_h = _hard_buffers(tri, hs, hx, hy, camera.perspective)
+        depth = torch.full((N,), float("inf"), dtype=verts.dtype, device=verts.device)
+        depth[hp] = depth_h
+        face_index = torch.full((N,), -1, dtype=torch.long, device=verts.device)
+        face_index[hp] = hf
+        bary = verts.new_zeros(N, 3)
+        bary[hp] = bary_h
+        depth, face_index, bary = depth.reshape(B, H, W), face_index.reshape(B, H, W), bary.reshape(B, H, W, 3)
+    return RenderOutput(images=image.reshape(B, H, W, C), alpha=alpha.reshape(B, H, W), depth=depth,
+                        face_index=face_index, bary=bary)

@@ -18,11 +18,13 @@ which is renamed into place only when encoding succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -226,6 +228,36 @@ def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool 
     return grey.reshape(-1, height, width, 1).expand(-1, height, width, 3)
 
 
+@contextlib.contextmanager
+def _frame_parallel(device: torch.device):
+    """On CPU, trade torch's intra-op threads for frame-level threads.
+
+    The preview's tensor ops are small (~64k elements), so splitting each op across
+    threads gains little and, on a busy machine, costs a lot (every op waits for its
+    slowest thread). Rendering whole frames on separate Python threads (torch releases
+    the GIL inside ops) with one intra-op thread each scales better. Yields the number of
+    frame workers; restores the thread count afterwards.
+    """
+    if device.type != "cpu":
+        yield 1
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield max(1, threads)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _preview_parallel(verts: torch.Tensor, faces: torch.Tensor, camera, pool) -> torch.Tensor:
+    """:func:`preview_render` with the frames of ``verts`` (B, V, 3) split over a thread pool."""
+    if pool is None or verts.shape[0] == 1:
+        return preview_render(verts, faces, camera)
+    parts = verts.tensor_split(min(pool._max_workers, verts.shape[0]))
+    grey = [im[..., :1] for im in pool.map(lambda part: preview_render(part, faces, camera), parts)]
+    return torch.cat(grey).expand(-1, -1, -1, 3)
+
+
 def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, fast: bool = True):
     """Yield uint8 frames batch by batch.
 
@@ -234,18 +266,23 @@ def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, 
         faces: (F, 3) long tensor on the same device.
         camera: a :class:`talkinghead_cli.render.Camera` framed once for the sequence.
         batch: frames per render call.
-        fast: use :func:`preview_render` (hard edges); else the differentiable
-            ``render_mesh`` with its anti-aliased outlines (several times slower).
+        fast: use :func:`preview_render` (hard edges; on CPU, frames in parallel on as
+            many threads as torch is set to use); else the differentiable ``render_mesh``
+            with its anti-aliased outlines (several times slower).
     Yields:
         (b, H, W, 3) uint8 numpy arrays, b <= batch, in order.
     """
     from talkinghead_cli.render import render_mesh
 
-    with torch.no_grad():
+    if not fast:
+        with torch.no_grad():
+            for start in range(0, verts.shape[0], batch):
+                yield to_uint8(render_mesh(verts[start:start + batch], faces, camera).images)
+        return
+    with torch.no_grad(), _frame_parallel(verts.device) as workers, \
+            ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         for start in range(0, verts.shape[0], batch):
-            chunk = verts[start:start + batch]
-            images = preview_render(chunk, faces, camera) if fast else render_mesh(chunk, faces, camera).images
-            yield to_uint8(images)
+            yield to_uint8(_preview_parallel(verts[start:start + batch], faces, camera, pool))
 
 
 # ----------------------------------------------------------------------------- ffmpeg

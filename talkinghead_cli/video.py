@@ -249,11 +249,11 @@ def _frame_parallel(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _preview_parallel(verts: torch.Tensor, faces: torch.Tensor, camera, pool) -> torch.Tensor:
-    """:func:`preview_render` with the frames of ``verts`` (B, V, 3) split over a thread pool."""
+def _preview_parallel(verts: torch.Tensor, faces: torch.Tensor, camera, pool, workers: int) -> torch.Tensor:
+    """:func:`preview_render` with the frames of ``verts`` (B, V, 3) split over ``workers`` threads."""
     if pool is None or verts.shape[0] == 1:
         return preview_render(verts, faces, camera)
-    parts = verts.tensor_split(min(pool._max_workers, verts.shape[0]))
+    parts = verts.tensor_split(min(workers, verts.shape[0]))
     grey = [im[..., :1] for im in pool.map(lambda part: preview_render(part, faces, camera), parts)]
     return torch.cat(grey).expand(-1, -1, -1, 3)
 
@@ -282,7 +282,7 @@ def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, 
     with torch.no_grad(), _frame_parallel(verts.device) as workers, \
             ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         for start in range(0, verts.shape[0], batch):
-            yield to_uint8(_preview_parallel(verts[start:start + batch], faces, camera, pool))
+            yield to_uint8(_preview_parallel(verts[start:start + batch], faces, camera, pool, workers))
 
 
 # ----------------------------------------------------------------------------- ffmpeg

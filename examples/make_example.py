@@ -10,8 +10,8 @@ Writes, next to this script:
     python examples/make_example.py [--text "..."] [--out examples]
 
 Speech comes from the ``espeakng-loader`` wheel (libespeak-ng + its data, driven through
-ctypes), or from an ``espeak-ng`` program on the PATH when the wheel is missing
-(Debian: ``apt-get install espeak-ng``). This is a stand-in until a real rig replaces it;
+ctypes; installed by ``pip install -e ".[synth]"``), or from an ``espeak-ng`` program on
+the PATH when the wheel is missing (Debian: ``apt-get install espeak-ng``). This is a stand-in until a real rig replaces it;
 the mouth motion follows loudness, not phonemes.
 """
 

@@ -1,11 +1,14 @@
 """Preview videos: render a mesh sequence front-on and encode it to an MP4 with sound.
 
-Frames are rendered in batches with :func:`talkinghead_cli.render.render_mesh` under a
-front camera framed once (from the template, or the first frame) so the head does not
-jump, converted to uint8 RGB and piped as raw ``rgb24`` into the ffmpeg that ships with
-``imageio-ffmpeg``. ffmpeg encodes H.264 (``yuv420p``, ``+faststart``) and muxes the
-audio as AAC. ffmpeg runs in its own process and a writer thread feeds its stdin, so
-encoding overlaps with rendering the next batch.
+Frames are rendered in batches under a front camera framed once (from the template, or
+the first frame) so the head does not jump. The renderer is :func:`preview_render`, a
+non-differentiable z-buffer pass that gives the same pixels as
+``talkinghead_cli.render.render_mesh(..., sigma=0)`` (its reference, checked in the
+tests) for a fraction of the CPU time; ``render_mesh`` with anti-aliased outlines is
+available through ``render_frames(fast=False)``. Frames are converted to uint8 RGB and
+piped as raw ``rgb24`` into the ffmpeg that ships with ``imageio-ffmpeg``, which encodes
+H.264 (``yuv420p``, ``+faststart``) and muxes the audio as AAC. ffmpeg runs in its own
+process and a writer thread feeds its stdin, so encoding overlaps with rendering.
 
 Duration rule: with audio, the video gets exactly ``N = ceil(audio_seconds * fps)``
 frames. A shorter sequence is padded by repeating its last frame, a longer one is
@@ -333,10 +336,11 @@ class _FrameWriter:
                 pass
 
     def write(self, frames: np.ndarray) -> None:
-        """frames: (b, H, W, 3) uint8."""
-        self._queue.put(np.ascontiguousarray(frames).tobytes())
+        """frames: (b, H, W, 3) uint8 (handed over: the caller must not modify it)."""
+        self._queue.put(memoryview(np.ascontiguousarray(frames)).cast("B"))
 
     def close(self) -> int:
+        """Finish the stream; return ffmpeg's exit code (non-zero also if a write failed)."""
         self._queue.put(None)
         self._thread.join()
         try:
@@ -345,7 +349,7 @@ class _FrameWriter:
             pass
         code = self.proc.wait()
         self._log.close()
-        return code
+        return code if self._error is None else (code or 1)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -416,7 +420,7 @@ def render_preview(
         size: frame width and height in pixels (even, for yuv420p).
         batch: frames rendered per call.
         template: (V, 3) mesh used to frame the camera; the first frame when None.
-        progress: called with (frames encoded, total frames).
+        progress: called with (frames rendered and handed to the encoder, total frames).
     Returns:
         PreviewResult with the frame count and durations. See the module docstring for
         how the frame count follows the audio's length.

@@ -201,3 +201,34 @@ def test_pytorch3d_backend_parity(sphere, projection):
     same = (ours.face_index == theirs.face_index).float().mean()
     assert same > 0.995  # pixel centres exactly on an edge may go either way
     assert (ours.images - theirs.images).abs().mean() < 1e-3
+
+
+def test_grey_default_equals_explicit_grey_colours(sphere):
+    verts, faces = sphere
+    cam = front_camera(verts, 40, projection="persp")
+    v, f = torch.tensor(verts)[None], torch.tensor(faces)
+    grey = render_mesh(v, f, cam)
+    explicit = render_mesh(v, f, cam, colors=torch.full((len(verts), 3), 0.7))
+    assert grey.images.shape == (1, 40, 40, 3)
+    torch.testing.assert_close(grey.images, explicit.images)
+    coloured_bg = render_mesh(v, f, cam, background=(0.2, 0.4, 0.6))
+    torch.testing.assert_close(coloured_bg.images[0, 0, 0], torch.tensor([0.2, 0.4, 0.6]))
+    torch.testing.assert_close(coloured_bg.images[0, 20, 20], grey.images[0, 20, 20])
+
+
+def test_float32_packed_zbuffer_matches_float64(sphere):
+    """The float32 path packs depth and face into one key; float64 uses two passes."""
+    verts, faces = sphere
+    g = torch.Generator().manual_seed(4)
+    v = torch.tensor(verts)[None] + 0.05 * torch.randn(1, len(verts), 3, generator=g)
+    # a second, overlapping copy of the sphere: many occlusions, depths on both sides of zero
+    v = torch.cat([v, v + torch.tensor([0.3, 0.1, -0.4])], 1)
+    f = torch.tensor(np.concatenate([faces, faces + len(verts)]))
+    cam = front_camera(v[0], 48, margin=0.0)
+    cam.T[0, 2] = 0.0  # put the camera inside the scene: negative orthographic depths too
+    a = render_mesh(v, f, cam, sigma=0.0)
+    b = render_mesh(v.double(), f, cam.to(dtype=torch.float64), sigma=0.0)
+    assert (a.depth < 0).any() and (a.depth > 0).any()
+    assert (a.face_index == b.face_index).float().mean() > 0.999
+    finite = torch.isfinite(b.depth)
+    torch.testing.assert_close(a.depth[finite].double(), b.depth[finite], atol=1e-5, rtol=1e-5)

@@ -237,7 +237,11 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
     base = (torch.div(lin, F, rounding_mode="floor") * H + yl) * W + xl
     sizes = _tile_sizes(max(H, W), x.device)
     cls = torch.searchsorted(sizes, nx) * len(sizes) + torch.searchsorted(sizes, ny)
-    pix_parts, face_parts, depth_parts = [], [], []
+    fidx = lin % F
+    n = B * H * W
+    packed = x.dtype == torch.float32  # one int64 z-buffer key per pair (see _pack)
+    best = torch.full((n,), _EMPTY, dtype=torch.int64, device=x.device) if packed else None
+    parts = []
     for c in torch.unique(cls).tolist():
         sel = torch.nonzero(cls == c).squeeze(1)
         tw, th = int(sizes[c // len(sizes)]), int(sizes[c % len(sizes)])
@@ -254,20 +258,23 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
         if th > 1:
             hit &= sy < ny.index_select(0, sel)[:, None]
         k, s = torch.nonzero(hit, as_tuple=True)
-        pix_parts.append(base[sel[k]] + sy[s] * W + sx[s])
-        face_parts.append(sel[k])
-        cfk = cf[k]
-        depth_parts.append(cfk[:, 6] + cfk[:, 7] * dx[k, s] + cfk[:, 8] * dy[k, s])
-    if not pix_parts:  # nothing in view
-        pix_parts, face_parts, depth_parts = [lin], [lin], [x.new_zeros(0)]
-    pix, kidx, depth = torch.cat(pix_parts), torch.cat(face_parts), torch.cat(depth_parts)
-    if perspective:
-        depth = 1.0 / depth
-    face = lin[kidx] % F
-    if depth.dtype == torch.float32:
-        return _nearest_packed(pix, depth, face, B * H * W)
-    win = _winner(pix, depth, B * H * W, largest=False, tiebreak=face)
-    zmap = torch.full((B * H * W,), float("inf"), dtype=depth.dtype, device=depth.device)
+        kk = sel[k]
+        pix = base[kk] + sy[s] * W + sx[s]
+        zc = cf[:, 6:9].index_select(0, k)
+        depth = zc[:, 0] + zc[:, 1] * dx[k, s] + zc[:, 2] * dy[k, s]
+        if perspective:
+            depth = 1.0 / depth
+        if packed:
+            best.scatter_reduce_(0, pix, _pack(depth, fidx[kk]), "amin", include_self=True)
+        else:
+            parts.append((pix, fidx[kk], depth))
+    if packed:
+        return _unpack(best)
+    if not parts:  # nothing in view
+        parts = [(lin[:0], lin[:0], x.new_zeros(0))]
+    pix, face, depth = (torch.cat(t) for t in zip(*parts))
+    win = _winner(pix, depth, n, largest=False, tiebreak=face)
+    zmap = torch.full((n,), float("inf"), dtype=depth.dtype, device=depth.device)
     zmap[pix[win]] = depth[win]
     return pix[win], face[win], zmap
 
@@ -277,22 +284,24 @@ def _sortable(bits: torch.Tensor) -> torch.Tensor:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _nearest_packed(pix, depth, face, n):
-    """:func:`_winner` for the hard layer in one ``scatter_reduce``: the key packs the depth's
-    order-preserving float32 bits (high 32 bits) with the inverted face index (low 32 bits), so
-    the minimum is the nearest face, ties going to the largest face index.
+_EMPTY = torch.iinfo(torch.int64).max
+_LOW = 0x7FFFFFFF
 
-    Returns pix (N,), face (N,) and the depth map (n,) (inf where empty).
-    """
-    low = 0x7FFFFFFF
-    key = (_sortable(depth.contiguous().view(torch.int32).long()) << 32) | (low - face)
-    best = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=pix.device)
-    best.scatter_reduce_(0, pix, key, "amin", include_self=True)
-    hit = torch.nonzero(best != torch.iinfo(torch.int64).max).squeeze(1)
+
+def _pack(depth: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """z-buffer keys: the depth's order-preserving float32 bits in the high 32 bits and the
+    inverted face index in the low ones, so the minimum key per pixel is the nearest face, ties
+    going to the largest face index (as :func:`_winner`). depth: (P,) float32; face: (P,) long."""
+    return (_sortable(depth.contiguous().view(torch.int32).long()) << 32) | (_LOW - face)
+
+
+def _unpack(best: torch.Tensor):
+    """Per-pixel minimum keys (n,) -> pix (N,), face (N,), depth map (n,) float32 (inf where empty)."""
+    hit = torch.nonzero(best != _EMPTY).squeeze(1)
     k = best[hit]
-    zmap = torch.full((n,), float("inf"), dtype=depth.dtype, device=depth.device)
+    zmap = torch.full(best.shape, float("inf"), dtype=torch.float32, device=best.device)
     zmap[hit] = _sortable(k >> 32).to(torch.int32).view(torch.float32)
-    return hit, low - (k & 0xFFFFFFFF), zmap
+    return hit, _LOW - (k & 0xFFFFFFFF), zmap
 
 
 def hard_barycentrics(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor, perspective: bool):

@@ -47,7 +47,8 @@ class RenderOutput:
         bary: (B, H, W, 3) (perspective-correct) barycentrics of the hard layer, 0 on background.
 
     ``images`` and ``alpha`` are differentiable; ``depth``, ``face_index`` and ``bary`` are
-    detached buffers.
+    detached buffers. With the default grey albedo, ``images`` is one grey channel expanded to
+    three (a view: call ``.contiguous()`` before editing it in place).
     """
 
     images: torch.Tensor
@@ -229,11 +230,16 @@ def _hard_buffers(tri, idx, px, py, perspective):
 
 
 def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
-    """Gouraud lighting at the vertices. Returns (B*V, C): lit RGB, or its luma if ``gray``."""
+    """Gouraud lighting at the vertices.
+
+    Returns (B*V, C): lit RGB (C = 3), its luma if ``gray``, or, for the default grey albedo,
+    the single grey channel (C = 1) that all three channels share.
+    """
     B, V = verts.shape[:2]
     normals = torch.matmul(vertex_normals(verts, faces), camera.R.transpose(1, 2)).reshape(B * V, 3)
-    albedo = torch.full_like(normals, GREY) if colors is None else colors.expand(B, V, 3).reshape(B * V, 3)
-    lit = lambert(normals, albedo, lights)
+    if colors is None:
+        return lambert(normals, torch.full_like(normals[:, :1], GREY), lights)
+    lit = lambert(normals, colors.expand(B, V, 3).reshape(B * V, 3), lights)
     return lit @ torch.tensor(LUMA, dtype=lit.dtype, device=lit.device)[:, None] if gray else lit
 
 
@@ -282,6 +288,10 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
     bg = _background(background, verts)
     if gray:
         bg = (bg @ torch.tensor(LUMA, dtype=bg.dtype, device=bg.device)).reshape(1)
+    elif C == 1 and not bool((bg == bg[0]).all()):  # grey mesh on a coloured background
+        vcol, C = vcol.expand(-1, 3), 3
+    elif C == 1:
+        bg = bg[:1]
 
     # hard layer: planes of the faces it uses, evaluated at its pixels
     hp, hf = frag.hard_pix, frag.hard_face
@@ -327,5 +337,8 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
         bary = verts.new_zeros(N, 3)
         bary[hp] = bary_h
         depth, face_index, bary = depth.reshape(B, H, W), face_index.reshape(B, H, W), bary.reshape(B, H, W, 3)
-    return RenderOutput(images=image.reshape(B, H, W, C), alpha=alpha.reshape(B, H, W), depth=depth,
+    images = image.reshape(B, H, W, C)
+    if C == 1 and not gray:  # grey: one channel computed, shown as RGB (an expanded view)
+        images = images.expand(B, H, W, 3)
+    return RenderOutput(images=images, alpha=alpha.reshape(B, H, W), depth=depth,
                         face_index=face_index, bary=bary)

@@ -43,9 +43,7 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, F, 3) ``(v1 - v0) x (v2 - v0)``: length = twice the triangle area.
     """
-    v0 = verts[:, faces[:, 0]]
-    v1 = verts[:, faces[:, 1]]
-    v2 = verts[:, faces[:, 2]]
+    v0, v1, v2 = verts.index_select(1, faces.reshape(-1)).reshape(verts.shape[0], -1, 3, 3).unbind(2)
     return torch.cross(v1 - v0, v2 - v0, dim=-1)
 
 
@@ -69,10 +67,10 @@ def lambert(normals_cam: torch.Tensor, albedo: torch.Tensor, lights: Lights | No
 
     Args:
         normals_cam: (N, 3) normals in the camera frame (any length; normalised here).
-        albedo: (N, 3) surface colour in [0, 1].
+        albedo: (N, 3) surface colour in [0, 1] (or (N, 1) grey).
         lights: the lights (``None``: default :class:`Lights`).
     Returns:
-        (N, 3) shaded colour, clamped to [0, 1].
+        (N, 3) (or (N, 1)) shaded colour, clamped to [0, 1].
     """
     lights = lights or Lights()
     n = normals_cam / normals_cam.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -133,6 +133,78 @@ def obj_text(verts: np.ndarray, faces_text: str) -> str:
     return ("v %.6f %.6f %.6f\n" * v) % tuple(verts.ravel().tolist()) + faces_text
 
 
+def _digit_tables() -> np.ndarray:
+    """(3 kinds, 3 positions, 1000) uint8: the ASCII digits of 0..999 as ``%03d`` (kind 0),
+    as ``%3d`` with blanks as 0 bytes (kind 1), and like kind 1 but with 0 fully blank
+    (kind 2: a zero group above the units group prints nothing)."""
+    full = np.frombuffer("".join(f"{n:03d}" for n in range(1000)).encode(), np.uint8).reshape(1000, 3)
+    lead = np.frombuffer("".join(f"{n:3d}" for n in range(1000)).encode(), np.uint8).reshape(1000, 3).copy()
+    lead[lead == ord(" ")] = 0
+    blank = lead.copy()
+    blank[0] = 0
+    return np.ascontiguousarray(np.stack([full, lead, blank]).transpose(0, 2, 1))
+
+
+_DIGIT_TABLES = _digit_tables()
+
+
+def _fixed6_columns(values: np.ndarray) -> np.ndarray:
+    """``"%.6f" % v`` for each float32 value, as columns of ASCII bytes (0 = no character).
+
+    Exact for float32 input: ``v * 1e6`` is exact in float64 (24 + 14 significant bits),
+    and ``np.rint`` rounds halves to even like C's printf. The sign follows the sign bit,
+    so ``-0.0`` and tiny negatives print as ``-0.000000`` as printf does. Digits are
+    looked up three at a time; the layout is column-major so every write is contiguous.
+
+    Args:
+        values: (N,) float32, finite, |v| < 1e12.
+    Returns:
+        (1 + 3G + 7, N) uint8: sign, G groups of 3 integer digits (leading zeros blank),
+        ``.``, 6 fraction digits.
+    """
+    scaled = np.rint(np.abs(values.astype(np.float64)) * 1e6).astype(np.int64)
+    whole, frac = np.divmod(scaled, 1_000_000)
+    groups = max(1, -(-len(str(int(whole.max(initial=0)))) // 3))
+    d = 1 + 3 * groups  # row of the decimal point
+    cols = np.zeros((d + 7, len(values)), dtype=np.uint8)
+    cols[0] = np.where(np.signbit(values), ord("-"), 0)
+    cols[d] = ord(".")
+    hi, lo = np.divmod(frac, 1000)
+    for p in range(3):
+        cols[d + 1 + p] = np.take(_DIGIT_TABLES[0, p], hi)
+        cols[d + 4 + p] = np.take(_DIGIT_TABLES[0, p], lo)
+    higher = np.zeros(len(values), dtype=bool)  # a non-zero group above this one
+    for g in range(groups):
+        group = (whole // 1000 ** (groups - 1 - g)) % 1000
+        kind = np.where(higher, 0, 1 if g == groups - 1 else 2)
+        for p in range(3):
+            cols[1 + 3 * g + p] = np.take(_DIGIT_TABLES[:, p].ravel(), kind * 1000 + group)
+        higher |= group > 0
+    return cols
+
+
+def obj_vertex_bytes(verts: np.ndarray) -> bytes:
+    """The ``v x y z`` lines of one OBJ frame, byte-identical to :func:`obj_text`'s
+    ``"v %.6f %.6f %.6f\\n"`` formatting but built with array operations.
+
+    Args:
+        verts: (V, 3) float32.
+    """
+    verts = np.asarray(verts, dtype=np.float32)
+    if not np.isfinite(verts).all() or np.abs(verts).max(initial=0) >= 1e12:
+        v = verts.shape[0]
+        return (("v %.6f %.6f %.6f\n" * v) % tuple(verts.ravel().tolist())).encode("ascii")
+    cols = _fixed6_columns(verts.ravel()).reshape(-1, len(verts), 3)  # (W, V, xyz)
+    w = cols.shape[0]
+    lines = np.zeros((2 + 3 * (w + 1), len(verts)), dtype=np.uint8)  # one column per line
+    lines[0], lines[1] = ord("v"), ord(" ")
+    for c in range(3):
+        start = 2 + c * (w + 1)
+        lines[start:start + w] = cols[:, :, c]
+        lines[start + w] = ord(" ") if c < 2 else ord("\n")
+    return lines.T.tobytes().translate(None, b"\0")  # row-major text, blank (0) bytes dropped
+
+
 def obj_faces_text(faces: np.ndarray) -> str:
     """The ``f a b c`` block of an OBJ (1-based indices), formatted once per sequence."""
     f = np.asarray(faces, dtype=np.int64) + 1
@@ -208,9 +280,9 @@ def write_sequence(
         raise UserError(f"unknown mesh format '{fmt}'", None, f"use one of {', '.join(SEQUENCE_FORMATS)}")
     with atomic_dir(out) as tmp:
         if fmt == "obj":
-            faces_text = obj_faces_text(faces)
+            faces_bytes = obj_faces_text(faces).encode("ascii")
             for i in range(t):
-                (tmp / f"frame_{i:05d}.obj").write_text(obj_text(verts[i], faces_text))
+                (tmp / f"frame_{i:05d}.obj").write_bytes(obj_vertex_bytes(verts[i]) + faces_bytes)
                 report(progress, i + 1, t)
         else:
             header, face_block = ply_header(verts.shape[1], len(faces)), ply_face_block(faces)

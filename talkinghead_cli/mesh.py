@@ -3,8 +3,9 @@
 Templates load through trimesh with ``process=False`` and ``maintain_order=True`` so the
 vertex order and count are exactly the file's (models index vertices by position).
 Sequence writers take ``verts: (T, V, 3)`` and write atomically (temp folder, rename).
-The OBJ/PLY writers are vectorised: faces are formatted once, vertices with one string
-format per frame; ``write_obj_reference`` is the plain per-frame trimesh path they are
+The OBJ/PLY writers are vectorised: faces are formatted once, OBJ vertex lines with array
+operations (``obj_vertex_bytes``, byte-identical to the ``"%.6f"`` string format of
+``obj_text``); ``write_obj_reference`` is the plain per-frame trimesh path they are
 benchmarked and tested against.
 """
 

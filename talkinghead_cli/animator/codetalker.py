@@ -361,7 +361,7 @@ class CodeTalker(Animator):
         """The published loop: every step re-runs both decoders on the whole prefix."""
         self._need_stage2()
         self.check_inputs(audio, template, style)
-        with self.evaluating():
+        with self.evaluating(), self.loop_threads(audio.device):
             return self._reference_loop(audio, template, style, num_frames, progress)
 
     def _reference_loop(self, audio, template, style, num_frames, progress) -> Tensor:

@@ -129,7 +129,7 @@ class FaceFormer(Animator):
                           num_frames: int | None = None, progress=None) -> Tensor:
         """The plain autoregressive loop, O(t^2) at step t (for tests and benchmarks)."""
         self.check_inputs(audio, template, style)
-        with self.evaluating():
+        with self.evaluating(), self.loop_threads(audio.device):
             return self._reference_loop(audio, template, style, num_frames, progress)
 
     def _reference_loop(self, audio: Tensor, template: Tensor, style: Tensor,

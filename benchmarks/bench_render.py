@@ -7,6 +7,10 @@ the same sizes, forward and forward+backward, beside ours.
 
     python benchmarks/bench_render.py            # everything (a few minutes on 2 cores)
     python benchmarks/bench_render.py --quick    # fewer repeats, no 512² at batch 32
+
+Each line gives wall-clock ms/frame (and frames/s) and the process CPU ms/frame (all threads).
+On a shared machine the CPU figure is the steadier one; compare ours and deodr's under the same
+load. deodr renders float64 meshes one frame per call on one core.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from talkinghead_cli.render import front_camera, lip_window_camera, render_lip_windows, render_mesh
 
 
-def head_mesh(rings: int = 72):
+def head_mesh(rings: int = 50):
     """A closed ellipsoid "head" of about 10k triangles with a mouth-like region.
 
     Returns verts (V, 3) float32, faces (F, 3) int64, lip vertex indices (R,).
@@ -38,22 +42,38 @@ def head_mesh(rings: int = 72):
     return v, f, lips
 
 
-def _time(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+def _time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and process CPU seconds of ``fn()`` over ``repeats`` runs after a warm-up.
+
+    The CPU time (all threads of this process) is the steadier figure on a shared machine: it
+    does not count time spent waiting for a core.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _report(who: str, what: str, batch: int, name: str, times: tuple[float, float], frames: int) -> None:
+    wall, cpu = (t / frames for t in times)
+    print(f"{who:6s} {what:10s} B={batch:<3d} {name:8s} {1e3 * wall:8.2f} ms/frame wall {1 / wall:8.1f} frames/s"
+          f"   {1e3 * cpu:8.2f} ms/frame CPU", flush=True)
 
 
 def _frames(verts: np.ndarray, batch: int) -> torch.Tensor:
-    """(batch, V, 3): the mesh with small per-frame deformations."""
-    g = torch.Generator().manual_seed(0)
+    """(batch, V, 3): the mesh with smooth per-frame deformations (a travelling bulge, as an
+    animation moves a face; white noise would instead crumple the surface into spurious
+    outlines)."""
     base = torch.tensor(verts)[None].repeat(batch, 1, 1)
-    return base + 0.002 * torch.randn(base.shape, generator=g)
+    phase = torch.linspace(0, 2 * np.pi, batch)[:, None]
+    y = base[..., 1]
+    base[..., 2] += 0.03 * torch.sin(3 * y + phase)
+    base[..., 0] *= 1 + 0.02 * torch.sin(phase)
+    return base
 
 
 def bench_ours(verts, faces, sizes, batches, repeats, skip):
@@ -74,9 +94,7 @@ def bench_ours(verts, faces, sizes, batches, repeats, skip):
                 render_mesh(vg, f, cam).images.mean().backward()
 
             for name, fn in (("forward", fwd), ("fwd+bwd", fwd_bwd)):
-                dt = _time(fn, repeats) / batch
-                print(f"ours   {size:4d}²  B={batch:<3d} {name:8s} {1e3 * dt:8.2f} ms/frame  {1 / dt:8.1f} frames/s",
-                      flush=True)
+                _report("ours", f"{size}²", batch, name, _time(fn, repeats), batch)
 
 
 def bench_lips(verts, faces, lips, batch, repeats, size=88):
@@ -93,9 +111,7 @@ def bench_lips(verts, faces, lips, batch, repeats, size=88):
         render_lip_windows(vg, f, lips, size=size, camera=cam).mean().backward()
 
     for name, fn in (("forward", fwd), ("fwd+bwd", fwd_bwd)):
-        dt = _time(fn, repeats) / batch
-        print(f"ours   lips {size}²  B={batch:<3d} {name:8s} {1e3 * dt:8.2f} ms/frame  {1 / dt:8.1f} frames/s",
-              flush=True)
+        _report("ours", f"lips {size}²", batch, name, _time(fn, repeats), batch)
 
 
 def bench_deodr(verts, faces, sizes, repeats):
@@ -131,8 +147,7 @@ def bench_deodr(verts, faces, sizes, repeats):
                 image.mean().backward()
 
         for name, bw in (("forward", False), ("fwd+bwd", True)):
-            dt = _time(lambda: run(bw), repeats)
-            print(f"deodr  {size:4d}²  B=1   {name:8s} {1e3 * dt:8.2f} ms/frame  {1 / dt:8.1f} frames/s", flush=True)
+            _report("deodr", f"{size}²", 1, name, _time(lambda: run(bw), repeats), 1)
 
 
 def main() -> None:
@@ -140,16 +155,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, skip 512² at batch 32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-deodr", action="store_true")
+    ap.add_argument("--only", choices=["full", "lips", "deodr"], help="run one part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    verts, faces, lips = head_mesh()
+    verts, faces, lips = head_mesh(50)
     repeats = 2 if args.quick else 5
     print(f"mesh: {len(verts)} vertices, {len(faces)} triangles; lip region {len(lips)} vertices; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     skip = {(512, 32)} if args.quick else set()
-    bench_ours(verts, faces, (88, 224, 512), (1, 32), repeats, skip)
-    bench_lips(verts, faces, lips, 32, repeats)
-    if not args.no_deodr:
+    if args.only in (None, "full"):
+        bench_ours(verts, faces, (88, 224, 512), (1, 32), repeats, skip)
+    if args.only in (None, "lips"):
+        bench_lips(verts, faces, lips, 32, repeats)
+    if args.only in (None, "deodr") and not args.no_deodr:
         bench_deodr(verts, faces, (88, 224, 512), repeats)
 
 

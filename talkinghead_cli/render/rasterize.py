@@ -343,19 +343,46 @@ def _depth_map(pv, faces, pix, face, image_size, perspective):
 
 
 def _soft_layer(x, y, z, sil, valid, zmap, H, W, perspective, sigma, cutoff):
-    """Best soft outline pair per pixel. Returns pix (Ns,), face (Ns,)."""
+    """Best soft outline pair per pixel. Inputs (B, F[, 3]); returns pix (Ns,), face (Ns,).
+
+    Pairs come from the boxes of faces with a silhouette edge, dilated by the soft radius. A
+    cheap, conservative test on the per-face edge functions (outside a silhouette edge, and
+    the distance to the edge lines not above the radius) drops most pairs before the exact
+    point-to-triangle distance.
+    """
+    B, F = valid.shape
     r = cutoff * sigma
     x_lo, x_hi = _box(x.min(-1).values, x.max(-1).values, r, W)
     y_lo, y_hi = _box(y.min(-1).values, y.max(-1).values, r, H)
     keep = valid & sil.any(-1) & (x_lo <= x_hi) & (y_lo <= y_hi)
-    kb, kf = torch.nonzero(keep, as_tuple=True)
-    owner, col, row = _pixel_pairs(x_lo[kb, kf], x_hi[kb, kf], y_lo[kb, kf], y_hi[kb, kf])
+    lin = torch.nonzero(keep.reshape(-1)).squeeze(1)  # (K,) = b * F + f
+
+    def take(t):
+        return t.reshape(B * F, *t.shape[2:]).index_select(0, lin)
+
+    xk, yk, zk, sk = take(x), take(y), take(z), take(sil)  # (K, 3)
+    owner, col, row = _pixel_pairs(take(x_lo), take(x_hi), take(y_lo), take(y_hi))
     px = col.to(x.dtype) + 0.5
     py = row.to(x.dtype) + 0.5
-    fb, ff = kb[owner], kf[owner]
-    tx, ty, tz = x[fb, ff], y[fb, ff], z[fb, ff]  # (P, 3)
-    dist, t_near, k_near, outer = point_triangle(px, py, tx, ty, sil[fb, ff])
-    ok = outer & (dist <= r)
+    # conservative prefilter with edge functions (w_k < 0: outer side of the edge opposite k)
+    e1x, e1y = xk[:, 1] - xk[:, 0], yk[:, 1] - yk[:, 0]
+    e2x, e2y = xk[:, 2] - xk[:, 0], yk[:, 2] - yk[:, 0]
+    area2 = e1x * e2y - e2x * e1y
+    inv_a = 1.0 / area2
+    ex = torch.stack([xk[:, 2] - xk[:, 1], xk[:, 0] - xk[:, 2], e1x], 1)
+    ey = torch.stack([yk[:, 2] - yk[:, 1], yk[:, 0] - yk[:, 2], e1y], 1)
+    height = area2.abs()[:, None] / torch.sqrt(ex * ex + ey * ey)  # (K, 3) altitudes
+    dx, dy = px - xk[owner, 0], py - yk[owner, 0]
+    w1 = (e2y * inv_a)[owner] * dx - (e2x * inv_a)[owner] * dy
+    w2 = (e1x * inv_a)[owner] * dy - (e1y * inv_a)[owner] * dx
+    w = torch.stack([1.0 - w1 - w2, w1, w2], 1)  # (P, 3)
+    tol = 1e-4
+    gap = (-w * height[owner]).max(1).values  # distance to the farthest edge line crossed
+    pre = ((w < tol) & sk[owner]).any(1) & (gap <= r + tol)
+    cand = torch.nonzero(pre).squeeze(1)
+    owner, px, py, col, row = owner[cand], px[cand], py[cand], col[cand], row[cand]
+    tz = zk[owner]
+    dist, t_near, k_near, outer = point_triangle(px, py, xk[owner], yk[owner], sk[owner])
     # depth at the nearest point (on edge k_near, from vertex k+1 to vertex k+2)
     za = tz.gather(1, ((k_near + 1) % 3)[:, None]).squeeze(1)
     zb = tz.gather(1, ((k_near + 2) % 3)[:, None]).squeeze(1)
@@ -363,8 +390,10 @@ def _soft_layer(x, y, z, sil, valid, zmap, H, W, perspective, sigma, cutoff):
         depth = 1.0 / ((1 - t_near) / za + t_near / zb)
     else:
         depth = (1 - t_near) * za + t_near * zb
+    fb = torch.div(lin[owner], F, rounding_mode="floor")
+    ff = lin[owner] % F
     pix = (fb * H + row) * W + col
-    ok &= depth < zmap[pix]
+    ok = outer & (dist <= r) & (depth < zmap[pix].to(depth.dtype))
     sel = torch.nonzero(ok).squeeze(1)
     cover = -dist[sel]  # larger coverage <=> smaller distance
     win = sel[_winner(pix[sel], cover, zmap.shape[0], largest=True, tiebreak=ff[sel])]

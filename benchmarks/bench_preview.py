@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--mesh", choices=("flame", "example"), default="flame")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--reference-frames", type=int, default=32,
+                    help="frames rendered with the differentiable render_mesh for comparison (0: skip)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,6 +101,11 @@ def main() -> None:
         code = writer.close()
         encode_s, c3 = time.perf_counter() - t0, cpu_seconds()
         assert code == 0, (tmp / "log").read_text()
+        n_ref = min(len(seq), args.reference_frames)  # the differentiable renderer, for comparison
+        t0 = time.perf_counter()
+        for _ in render_frames(seq[:n_ref], faces, camera, args.batch, fast=False):
+            pass
+        ref_s, c4 = time.perf_counter() - t0, cpu_seconds()
     n = result.frames
     print("wall time is what a user waits; CPU time (python process / ffmpeg) is what the work costs,\n"
           "which on a machine shared with other jobs is the steadier figure")
@@ -111,6 +118,8 @@ def main() -> None:
     row("end to end", total, c1[0] - c0[0], c1[1] - c0[1], n)
     row("  render only", render_s, c2[0] - c1[0], c2[1] - c1[1], len(frames))
     row("  encode+mux only", encode_s, c3[0] - c2[0], c3[1] - c2[1], len(frames))
+    if n_ref:
+        row("  render_mesh (a.a.)", ref_s, c4[0] - c3[0], c4[1] - c3[1], n_ref)
     print(f"target: >= 25 frames/s end to end (wall) -> {'met' if n / total >= 25 else 'MISSED'}")
 
 

@@ -7,7 +7,9 @@ our own code (:mod:`.rasterize`, :mod:`.renderer`), so both backends render the 
 Coordinates: our projected vertices (pixel x right, pixel y down, depth) are mapped to
 pytorch3d's NDC (+X left, +Y up, +Z into the screen; the shorter image side spans [-1, 1]):
 ``X = (W - 2 x) / S``, ``Y = (H - 2 y) / S``, ``Z = depth`` with ``S = min(H, W)``, so our
-pixel centres ``x = j + 0.5`` land exactly on pytorch3d's pixel centres.
+pixel centres ``x = j + 0.5`` land exactly on pytorch3d's pixel centres. pytorch3d skips
+points at negative depth, so this backend needs depths > 0 (any perspective camera, and the
+orthographic cameras of :func:`~.camera.front_camera`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def _hard_layer_pytorch3d(pv, faces, valid, image_size, perspective):
     face_lists = [faces[valid[b]] for b in range(pv.shape[0])]
     ids = torch.cat([torch.nonzero(valid[b]).squeeze(1) for b in range(pv.shape[0])])
     meshes = Meshes(verts=list(ndc.float()), faces=face_lists)
+    # coarse-to-fine binning drops faces when a bin overflows: allow every face in a bin
     pix_to_face, _, _, _ = rasterize_meshes(meshes, image_size=(H, W), blur_radius=0.0, faces_per_pixel=1,
+                                            max_faces_per_bin=max(int(faces.shape[0]), 1),
                                             perspective_correct=False, cull_backfaces=False)
     p2f = pix_to_face[..., 0].reshape(-1)
     pix = torch.nonzero(p2f >= 0).squeeze(1)

@@ -13,13 +13,17 @@ Two layers are found per pixel, both without autograd (they are discrete choices
 Interior edges between neighbouring faces are therefore never blurred (the hard layer is
 watertight there), while outlines get a soft, differentiable coverage.
 
-Design (why it is fast without per-pixel x per-face tensors): each face enumerates only the
-pixels of its own bounding box (dilated by the soft radius for silhouette faces), as
-``(face, pixel)`` pairs made with ``repeat_interleave`` over the box sizes. Face meshes have
-small triangles, so the pairs number a few times the covered pixels. Inside tests and depths use
-per-face plane equations in coordinates relative to the first vertex (no float32 cancellation at
-512 px). The per-pixel minimum depth / maximum coverage is a ``scatter_reduce``. The renderer
-then recomputes, with autograd, only the selected pairs (see :mod:`.renderer`).
+Design (why it is fast without per-pixel x per-face tensors): each face tests only the pixels
+of its own bounding box. For the hard layer, faces are grouped by box size class (1, 2, 3, 4,
+6, 8, ... pixels a side) and each group is tested against its tile by broadcasting, so no
+per-pair gathers or integer divisions are needed; only hits are materialised. Face meshes have
+small triangles, so the tested pixels number a few times the covered ones. Inside tests and
+depths use per-face plane equations in coordinates relative to the first vertex (no float32
+cancellation at 512 px). The z-buffer is one ``scatter_reduce(amin)`` over int64 keys that
+pack the depth's order-preserving float32 bits with the face index (float64 inputs take a
+two-pass equivalent). Soft pairs come from the dilated boxes of silhouette faces only, thinned
+by a cheap edge-function test before the exact distance. The renderer then recomputes, with
+autograd, only the selected pairs (see :mod:`.renderer`).
 
 Face indices: edge ``k`` of a face is the edge opposite its vertex ``k``, i.e. from vertex
 ``k+1`` to vertex ``k+2`` (mod 3); its barycentric ``w_k`` is negative on the outer side.

@@ -139,3 +139,15 @@ def test_outputs_get_normal_permissions(tmp_path, sphere):
         os.umask(old)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert stat.S_IMODE(single.stat().st_mode) == 0o644
+
+
+def test_fast_obj_vertex_text_is_byte_identical_to_printf():
+    from talkinghead_cli.mesh import obj_vertex_bytes
+
+    rng = np.random.default_rng(1)
+    edge = np.array([0.0, -0.0, 0.5e-6, -0.5e-6, 1.5e-6, 0.9999995, -0.9999995, 123.4567895,
+                     -99999.999999, 1e-7, 2.5e-7, 7.0, -7.0, 0.1, 0.2, 0.3], dtype=np.float32)
+    values = np.concatenate([rng.normal(0, 0.1, 3000), rng.normal(0, 1000, 300), edge]).astype(np.float32)
+    values = values[: len(values) // 3 * 3].reshape(-1, 3)
+    expected = (("v %.6f %.6f %.6f\n" * len(values)) % tuple(values.ravel().tolist())).encode()
+    assert obj_vertex_bytes(values) == expected

@@ -138,16 +138,11 @@ def render_cmd(
     size: int = typer.Option(512, "--size", help="Frame width and height in pixels (even)."),
 ) -> None:
     """Render a mesh sequence to an MP4 preview (front view, H.264, audio as AAC)."""
-    import pydantic
-
+    from talkinghead_cli.config import build_config
     from talkinghead_cli.video import RenderConfig, render_sequence_file
 
-    try:
-        config = RenderConfig(sequence=sequence, template=template, audio=audio, output=output,
-                              fps=fps, size=size)
-    except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"bad value for --{err['loc'][0]}: {err['msg']}", None, "see avtalk render --help") from e
+    config = build_config(RenderConfig, {}, dict(sequence=sequence, template=template, audio=audio, output=output,
+                                                 fps=fps, size=size), command="render")
     with progress_bar("rendering") as progress:
         result = render_sequence_file(config, progress=progress)
     audio_note = "" if result.audio_duration is None else f", audio {result.audio_duration:.2f} s"
@@ -185,7 +180,7 @@ def train_cmd(
     flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs, animator=animator,
                  size=size, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
                  batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps)
-    cfg = build_config(TrainConfig, base, flags, config)
+    cfg = build_config(TrainConfig, base, flags, config, command="train")
 
     def log(event: dict) -> None:
         if event["event"] == "start":
@@ -226,7 +221,7 @@ def animate_cmd(
         raise UserError("no animator checkpoint given", None, "pass --checkpoint RUN_DIR/best.pt")
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
                                                style=style, format=fmt, video=not no_video, device=device,
-                                               allow_long=allow_long))
+                                               allow_long=allow_long), command="animate")
     with progress_bar("animating", unit="frames") as progress:
         results = animate(cfg, progress=progress)
     for r in results:
@@ -251,19 +246,14 @@ def synth_cmd(
     no_blinks: bool = typer.Option(False, "--no-blinks", help="No procedural blinks."),
 ) -> None:
     """Build a synthetic talking-face corpus: TTS speech, phoneme timing, an ARKit rig's lips."""
-    from pydantic import ValidationError
-
+    from talkinghead_cli.config import build_config
     from talkinghead_cli.data.synthetic.corpus import SynthConfig, build_corpus
 
-    try:
-        cfg = SynthConfig(out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
-                          tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
-                          sentences_file=sentences_file, from_recordings=from_recordings, resume=resume,
-                          blinks=not no_blinks,
-                          voices=[v.strip() for v in voices.split(",") if v.strip()] if voices else None)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"invalid --{'-'.join(map(str, err['loc']))}: {err['msg']}", None, "see avtalk synth --help")
+    cfg = build_config(SynthConfig, {}, dict(
+        out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
+        tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
+        sentences_file=sentences_file, from_recordings=from_recordings, resume=resume, blinks=not no_blinks,
+        voices=[v.strip() for v in voices.split(",") if v.strip()] if voices else None), command="synth")
     with progress_bar("synthesizing", unit="utterances") as progress:
         result = build_corpus(cfg, progress=progress)
     out.print(f"{result['out']} ({result['utterances']} utterances, {result['subjects']} subjects, "

@@ -107,8 +107,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def build_config(cls: type[_Strict], file_values: dict[str, Any], flags: dict[str, Any],
-                 source: str | Path | None = None) -> _Strict:
+def build_config(cls: type[BaseModel], file_values: dict[str, Any], flags: dict[str, Any],
+                 source: str | Path | None = None, command: str | None = None) -> Any:
     """Merge ``flags`` (those not None) over ``file_values`` and validate as ``cls``.
 
     Raises:
@@ -122,5 +122,5 @@ def build_config(cls: type[_Strict], file_values: dict[str, Any], flags: dict[st
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-        raise UserError(f"invalid setting '{where}': {msg}", source,
-                        "see `avtalk train --help` / `avtalk animate --help`") from e
+        hint = f"see `avtalk {command} --help`" if command else "see `avtalk COMMAND --help`"
+        raise UserError(f"invalid setting '{where}': {msg}", source, hint) from e

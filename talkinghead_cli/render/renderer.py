@@ -19,6 +19,7 @@ background where no face covers the pixel; ``alpha = a_s + (1 - a_s) * a_hard`` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,8 +59,10 @@ class RenderOutput:
     bary: torch.Tensor
 
 
+@functools.lru_cache(maxsize=1)
 def pytorch3d_available() -> bool:
-    """True when ``import pytorch3d`` works (its rasterizer is then used for the hard layer)."""
+    """True when ``import pytorch3d`` works (its rasterizer is then used for the hard layer).
+    Checked once per process (a failed import is not cached by Python and costs milliseconds)."""
     try:
         import pytorch3d.renderer  # noqa: F401
     except Exception:  # ImportError, or a broken build raising OSError/RuntimeError

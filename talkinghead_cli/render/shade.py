@@ -55,10 +55,12 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, V, 3) unit normals (zero vectors stay near zero for isolated vertices).
     """
-    fn = face_normals(verts, faces)
-    vn = torch.zeros_like(verts)
-    for k in range(3):
-        vn = vn.index_add(1, faces[:, k], fn)
+    B, V = verts.shape[:2]
+    fn = face_normals(verts, faces)  # (B, F, 3)
+    # one scatter-add of every face normal to its three corners, over the flattened batch
+    idx = (torch.arange(B, device=verts.device)[:, None, None] * V + faces[None]).reshape(-1)
+    vn = verts.new_zeros(B * V, 3).index_add(0, idx, fn[:, :, None, :].expand(-1, -1, 3, -1).reshape(-1, 3))
+    vn = vn.reshape(B, V, 3)
     return vn / vn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -68,23 +69,28 @@ def run(name: str, seconds: list[float], reference: list[float], repeats: int) -
     style[0, 0] = 1.0
     model.predict(torch.randn(1, 8000) * 0.1, template, style)  # warm-up
     for sec in seconds:
-        audio = torch.randn(1, int(sec * model.sample_rate)) * 0.1
-        frames = model.num_frames(audio.shape[1])
-        total = min(time_once(lambda: model.predict(audio, template, style)) for _ in range(repeats))
-        with torch.inference_mode():
-            enc = min(time_once(lambda: model.encode_audio(audio, frames)) for _ in range(repeats))
-            memory = model.encode_audio(audio, frames)
-        encode = model.encode_audio
-        model.encode_audio = lambda a, t: memory  # time the decoding loop alone
-        dec = min(time_once(lambda: model.predict(audio, template, style)) for _ in range(repeats))
-        model.encode_audio = encode
-        passes = f", {model.last_passes} passes" if getattr(model, "last_passes", None) else ""
-        print(f"  predict {sec:6.1f} s speech ({frames:5d} frames): {total:7.2f} s end to end | "
-              f"encoder {enc:6.2f} s + decoding {dec:6.2f} s ({1e3 * dec / frames:.2f} ms/frame{passes})")
+        time_clip(model, sec, template, style, repeats)
     for sec in reference:
         audio = torch.randn(1, int(sec * model.sample_rate)) * 0.1
-        ref = time_once(lambda: model.predict_reference(audio, template, style))
+        ref = time_once(partial(model.predict_reference, audio, template, style))
         print(f"  plain autoregressive loop {sec:6.1f} s speech: {ref:7.2f} s")
+
+
+def time_clip(model, sec: float, template, style, repeats: int) -> None:
+    """End-to-end ``predict``, the encoder alone, and the decoding loop alone."""
+    audio = torch.randn(1, int(sec * model.sample_rate)) * 0.1
+    frames = model.num_frames(audio.shape[1])
+    predict = partial(model.predict, audio, template, style)
+    total = min(time_once(predict) for _ in range(repeats))
+    with torch.inference_mode():
+        enc = min(time_once(partial(model.encode_audio, audio, frames)) for _ in range(repeats))
+        memory = model.encode_audio(audio, frames)
+    model.encode_audio = lambda a, t: memory  # time the decoding loop alone
+    dec = min(time_once(predict) for _ in range(repeats))
+    del model.encode_audio
+    passes = f", {model.last_passes} passes" if getattr(model, "last_passes", None) else ""
+    print(f"  predict {sec:6.1f} s speech ({frames:5d} frames): {total:7.2f} s end to end | "
+          f"encoder {enc:6.2f} s + decoding {dec:6.2f} s ({1e3 * dec / frames:.2f} ms/frame{passes})")
 
 
 def main() -> None:

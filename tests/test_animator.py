@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from talkinghead_cli.animator import AnimatorConfig, build_animator, one_hot_style
-from talkinghead_cli.animator.layers import (alibi_slopes, alignment_mask, biased_causal_mask,
-                                             periodic_encoding)
+from talkinghead_cli.animator.layers import (
+    alibi_slopes,
+    alignment_mask,
+    biased_causal_mask,
+    periodic_encoding,
+)
 
 V = 30
 

@@ -37,7 +37,7 @@ def test_quantizer_picks_nearest_code_and_passes_gradient_straight_through():
     vq = VectorQuantizer(8, 4, beta=0.25)
     z = vq.embedding.weight[[3, 5]].detach()[None] + 1e-4
     z.requires_grad_(True)
-    zq, loss, idx = vq(z)
+    zq, _, idx = vq(z)
     assert idx.tolist() == [[3, 5]]
     zq.sum().backward()
     torch.testing.assert_close(z.grad, torch.ones_like(z))
@@ -75,7 +75,7 @@ def test_stage2_freezes_the_prior_and_trains_the_rest():
     audio, template, style, target = data()
     s2.train()
     assert not s2.vqvae.training  # frozen prior stays in eval mode
-    loss, logs, verts = s2.training_loss(audio, template, style, target)
+    loss, logs, _ = s2.training_loss(audio, template, style, target)
     assert loss.item() == pytest.approx(logs["mse"] + logs["reg"], rel=1e-5)
     loss.backward()
     assert all(p.grad is None for p in s2.vqvae.parameters())

@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from talkinghead_cli.animator import AnimatorConfig, build_animator
-from talkinghead_cli.animator.encoders import (LogMel, MelEncoder, crossfade_windows, mel_filterbank,
-                                               resample_frames)
+from talkinghead_cli.animator.encoders import (
+    LogMel,
+    MelEncoder,
+    crossfade_windows,
+    mel_filterbank,
+    resample_frames,
+)
 from talkinghead_cli.errors import UserError
 
 

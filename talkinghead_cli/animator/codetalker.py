@@ -32,7 +32,11 @@ from torch import Tensor, nn
 from talkinghead_cli.animator.base import Animator
 from talkinghead_cli.animator.config import AnimatorConfig
 from talkinghead_cli.animator.encoders import build_encoder
-from talkinghead_cli.animator.layers import BiasedDecoder, DecoderLayer, periodic_encoding
+from talkinghead_cli.animator.layers import (
+    BiasedDecoder,
+    DecoderLayer,
+    periodic_encoding,
+)
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import report
 
@@ -180,7 +184,7 @@ class CodeTalker(Animator):
         self.learnable_style_emb = nn.Embedding(len(cfg.subjects), d)
         self.ppe_dropout = nn.Dropout(cfg.dropout)
 
-    def train(self, mode: bool = True) -> "CodeTalker":
+    def train(self, mode: bool = True) -> CodeTalker:
         super().train(mode)
         if self.cfg.stage == 2:
             self.vqvae.eval()  # frozen prior
@@ -282,19 +286,30 @@ class CodeTalker(Animator):
                 return self._block_loop(audio, template, style, t_total, progress)
             return self._fast_loop(audio, template, style, t_total, progress)
 
-    def _fast_loop(self, audio, template, style, t_total, progress) -> Tensor:
+    def _start_decoding(self, audio: Tensor, style: Tensor, t_total: int) -> dict:
+        """Audio memory, caches of both decoders, positions and the folded feedback map."""
         mem = self.encode_audio(audio, t_total)
+        b, dec = audio.shape[0], self.vqvae.decoder
+        style_emb = self.style_embedding(style)
+        # feedback vertice_map(vertice_map_reverse(g)) folded into one (H -> d) map
+        fold_w = (self.vertice_map.weight @ dec.vertice_map_reverse.weight).T.expand(b, -1, -1)
+        fold_b = self.vertice_map.weight @ dec.vertice_map_reverse.bias + self.vertice_map.bias + style_emb
+        return {
+            "mem": mem, "pe": self.positions(t_total, mem),
+            "state": self.transformer_decoder.start(mem, t_total, mem, self.k),
+            "dec_state": dec.start(mem.new_zeros(b, 1, self.cfg.vq_hidden), t_total),
+            "fold_w": fold_w, "fold_b": fold_b,
+            "x0": self.vertice_map.bias + style_emb,  # (B, 1, d): frame 0 sees zero offsets
+            "gs": mem.new_empty(b, t_total, self.cfg.vq_hidden),
+        }
+
+    def _fast_loop(self, audio, template, style, t_total, progress) -> Tensor:
+        """One frame per step; (B, T, V, 3)."""
         b, q, c = audio.shape[0], self.cfg.vq_face_quan_num, self.cfg.vq_code_dim
         dec = self.vqvae.decoder
-        style_emb = self.style_embedding(style)
-        pe = self.positions(t_total, mem)
-        state = self.transformer_decoder.start(mem, t_total, mem, self.k)
-        dec_state = dec.start(mem.new_zeros(b, 1, self.cfg.vq_hidden), t_total)
-        # feedback vertice_map(vertice_map_reverse(g)) folded into one (d x H) map
-        fold_w = (self.vertice_map.weight @ dec.vertice_map_reverse.weight).T.expand(b, -1, -1)
-        fold_b = (self.vertice_map.weight @ dec.vertice_map_reverse.bias + self.vertice_map.bias) + style_emb
-        x = self.vertice_map.bias + style_emb
-        gs = mem.new_empty(b, t_total, self.cfg.vq_hidden)
+        st = self._start_decoding(audio, style, t_total)
+        mem, pe, state, dec_state = st["mem"], st["pe"], st["state"], st["dec_state"]
+        fold_w, fold_b, x, gs = st["fold_w"], st["fold_b"], st["x0"], st["gs"]
         every = max(1, int(self.fps))
         with self.loop_threads(mem.device):
             for t in range(t_total):
@@ -305,7 +320,8 @@ class CodeTalker(Animator):
                 x = torch.baddbmm(fold_b, g, fold_w)
                 if (t + 1) % every == 0 or t + 1 == t_total:
                     report(progress, t + 1, t_total)
-        return dec.vertice_map_reverse(gs).view(b, t_total, -1, 3) + template[:, None]
+        out = dec.vertice_map_reverse(gs).view(b, t_total, -1, 3)
+        return out.add_(template[:, None])  # in place: long clips make big outputs
 
     def _block_loop(self, audio, template, style, t_total, progress) -> Tensor:
         """Fixed-point (Jacobi) decoding of ``block_frames`` frames per pass, exact.
@@ -319,18 +335,13 @@ class CodeTalker(Animator):
         next frame depends on the discrete codes only, a kept frame is exactly what the
         frame-by-frame loop computes.
         """
-        mem = self.encode_audio(audio, t_total)
         b, q, c, hid = audio.shape[0], self.cfg.vq_face_quan_num, self.cfg.vq_code_dim, self.cfg.vq_hidden
         w, dec = self.cfg.block_frames, self.vqvae.decoder
-        style_emb = self.style_embedding(style)
-        pe = self.positions(t_total, mem)
-        state = self.transformer_decoder.start(mem, t_total, mem, self.k)
-        dec_state = dec.start(mem.new_zeros(b, 1, hid), t_total)
-        fold_w = (self.vertice_map.weight @ dec.vertice_map_reverse.weight).T.expand(b, -1, -1)
-        fold_b = (self.vertice_map.weight @ dec.vertice_map_reverse.bias + self.vertice_map.bias) + style_emb
-        guess = (self.vertice_map.bias + style_emb).expand(b, w, -1)  # frame 0's input is exact
+        st = self._start_decoding(audio, style, t_total)
+        mem, pe, state, dec_state = st["mem"], st["pe"], st["state"], st["dec_state"]
+        fold_w, fold_b, gs = st["fold_w"], st["fold_b"], st["gs"]
+        guess = st["x0"].expand(b, w, -1)  # frame 0's input is exact, the rest are guesses
         prev = None  # codes (B, m, Q) the last pass found for the frames now being decoded
-        gs = mem.new_empty(b, t_total, hid)
         done = passes = 0
         every = max(1, int(self.fps))
         with self.loop_threads(mem.device):
@@ -353,7 +364,8 @@ class CodeTalker(Animator):
                 done += keep
                 passes += 1
         self.last_passes = passes
-        return dec.vertice_map_reverse(gs).view(b, t_total, -1, 3) + template[:, None]
+        out = dec.vertice_map_reverse(gs).view(b, t_total, -1, 3)
+        return out.add_(template[:, None])  # in place: long clips make big outputs
 
     @torch.no_grad()
     def predict_reference(self, audio: Tensor, template: Tensor, style: Tensor,

@@ -8,7 +8,7 @@ stored in checkpoints (``cfg.model_dump()``), so a model rebuilds from it exactl
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -58,30 +58,30 @@ class AnimatorConfig(BaseModel):
     stage: Literal[1, 2] = 2  # codetalker: 1 = VQ-VAE motion codebook, 2 = speech -> codes
 
     # decoder (FaceFormer, CodeTalker stage 2)
-    d_model: Optional[int] = None
-    n_heads: Optional[int] = None
-    n_layers: Optional[int] = None
-    ffn_dim: Optional[int] = None
-    period: Optional[int] = None
-    audio_per_frame: Optional[int] = None  # aligned audio features per mesh frame
+    d_model: int | None = None
+    n_heads: int | None = None
+    n_layers: int | None = None
+    ffn_dim: int | None = None
+    period: int | None = None
+    audio_per_frame: int | None = None  # aligned audio features per mesh frame
     dropout: float = 0.1
     # mel encoder
-    mel_dim: Optional[int] = None
-    mel_layers: Optional[int] = None
-    mel_heads: Optional[int] = None
-    mel_window: Optional[int] = None  # attention half-width, in 50 Hz encoder frames
+    mel_dim: int | None = None
+    mel_layers: int | None = None
+    mel_heads: int | None = None
+    mel_window: int | None = None  # attention half-width, in 50 Hz encoder frames
     # Hugging Face encoder: its config, filled on first build so checkpoints rebuild offline
-    encoder_config: Optional[dict[str, Any]] = None
+    encoder_config: dict[str, Any] | None = None
     chunk_seconds: float = Field(30.0, gt=1)  # long audio is encoded in windows this long
     loop_threads: int = Field(1, ge=0)  # CPU threads for the per-frame decoding loop (0: torch's)
     # CodeTalker VQ-VAE
-    vq_hidden: Optional[int] = None
-    vq_layers: Optional[int] = None
-    vq_heads: Optional[int] = None
-    vq_ffn: Optional[int] = None
-    vq_face_quan_num: Optional[int] = None
-    vq_code_dim: Optional[int] = None
-    vq_codebook_size: Optional[int] = None
+    vq_hidden: int | None = None
+    vq_layers: int | None = None
+    vq_heads: int | None = None
+    vq_ffn: int | None = None
+    vq_face_quan_num: int | None = None
+    vq_code_dim: int | None = None
+    vq_codebook_size: int | None = None
     vq_beta: float = 0.25
     neg_slope: float = 0.2
     quant_loss_weight: float = 1.0
@@ -90,7 +90,7 @@ class AnimatorConfig(BaseModel):
     block_frames: int = Field(16, ge=0)  # codetalker predict: frames per exact fixed-point pass (<= 1: one at a time)
 
     @model_validator(mode="after")
-    def _resolve_sizes(self) -> "AnimatorConfig":
+    def _resolve_sizes(self) -> AnimatorConfig:
         preset = dict(PRESETS[self.size])
         if self.kind == "codetalker":
             preset.update(CODETALKER_STAGE2[self.size])

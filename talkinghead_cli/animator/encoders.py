@@ -17,7 +17,7 @@ Features are resampled by time: output frame i sits at (i + 0.5) / rate seconds.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -122,7 +122,8 @@ class FaceFormer(Animator):
                     x = torch.baddbmm(fold_b, h, fold_w)
                     if (t + 1) % every == 0 or t + 1 == t_total:
                         report(progress, t + 1, t_total)
-            return self.vertice_map_r(hs).view(b, t_total, -1, 3) + template[:, None]
+            out = self.vertice_map_r(hs).view(b, t_total, -1, 3)
+            return out.add_(template[:, None])  # in place: long clips make big outputs
 
     @torch.no_grad()
     def predict_reference(self, audio: Tensor, template: Tensor, style: Tensor,

@@ -124,3 +124,17 @@ def test_bad_region_is_a_user_error():
         lip_window_camera(verts, torch.tensor([len(verts) + 3]))
     with pytest.raises(UserError):
         lip_window_camera(verts, torch.tensor([], dtype=torch.long))
+
+
+def test_one_window_per_sequence_in_a_batch():
+    from talkinghead_cli.render import Camera
+
+    verts, faces, lips, colors = _face_with_mouth(n=21)
+    a = verts[None].repeat(2, 1, 1)
+    b = (verts * 1.3)[None].repeat(2, 1, 1)
+    cams = Camera.cat([lip_window_camera(a, lips, size=16), lip_window_camera(b, lips, size=16)])
+    out = render_lip_windows(torch.cat([a, b]), faces, lips, size=16, camera=cams.repeat_interleave(2),
+                             colors=colors)
+    alone = render_lip_windows(b, faces, lips, size=16, colors=colors)
+    torch.testing.assert_close(out[2:], alone)  # a scaled face fills its own window the same way
+    torch.testing.assert_close(out[0], out[2], atol=1e-4, rtol=1e-4)

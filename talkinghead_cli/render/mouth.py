@@ -7,6 +7,10 @@ sequence, so the lips move inside a steady window as they do in a lip-reading vi
 camera is then *zoomed* onto the window (an affine change of the image plane), faces that do not
 reach the window are dropped before rasterisation, and only the N x N window is rendered.
 
+Training batches of several sequences: one window per sequence, repeated for its frames, e.g.
+``Camera.cat([lip_window_camera(seq, lips) for seq in batch]).repeat_interleave(T)`` for
+``batch: (B, T, V, 3)``, then ``render_lip_windows(batch.flatten(0, 1), faces, lips, camera=cam)``.
+
 Output normalisation: grayscale ``g = 0.299 R + 0.587 G + 0.114 B`` in [0, 1], then
 ``(g - 0.421) / 0.165``, the mean/std Auto-AVSR applies to its [0, 1] grayscale lip crops.
 """

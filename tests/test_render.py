@@ -232,3 +232,21 @@ def test_float32_packed_zbuffer_matches_float64(sphere):
     assert (a.face_index == b.face_index).float().mean() > 0.999
     finite = torch.isfinite(b.depth)
     torch.testing.assert_close(a.depth[finite].double(), b.depth[finite], atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_batches_are_chunked_without_changing_the_result(sphere, monkeypatch):
+    from talkinghead_cli.render import renderer
+
+    verts, faces = sphere
+    g = torch.Generator().manual_seed(5)
+    v = torch.tensor(verts)[None] * (1 + 0.1 * torch.rand(5, 1, 1, generator=g))
+    f = torch.tensor(faces)
+    cams = Camera.cat([front_camera(verts, 24)] * 5)
+    colors = torch.rand(5, len(verts), 3, generator=g)
+    whole = [render_mesh(v, f, cams), render_mesh(v, f, cams, colors=colors)]
+    monkeypatch.setattr(renderer, "CHUNK_PIXELS", 2 * 24 * 24)  # chunks of two frames
+    chunked = [render_mesh(v, f, cams), render_mesh(v, f, cams, colors=colors)]
+    for a, b in zip(whole, chunked):
+        for name in ("images", "alpha", "depth", "face_index", "bary"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name))
+    assert chunked[0].images.shape == (5, 24, 24, 3)

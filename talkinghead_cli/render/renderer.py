@@ -34,6 +34,7 @@ BACKENDS = ("auto", "torch", "pytorch3d")
 GREY = 0.7
 LUMA = (0.299, 0.587, 0.114)
 DEFAULT_SIGMA = 0.5
+CHUNK_PIXELS = 1 << 21  # CPU batches are rendered in chunks of about this many pixels
 
 
 @dataclass
@@ -281,6 +282,18 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
         raise UserError(f"sigma must be >= 0, got {sigma}", None, "give an outline width in pixels")
     camera = camera.to(device=verts.device, dtype=verts.dtype)
     B, V = verts.shape[:2]
+    chunk = max(1, CHUNK_PIXELS // (camera.image_size[0] * camera.image_size[1]))
+    if B > chunk and verts.device.type == "cpu":  # keep the working set cache-sized on CPU
+        parts = [render(verts[i:i + chunk], faces, camera if camera.batch_size == 1 else camera[i:i + chunk],
+                        None if colors is None else colors if colors.shape[0] == 1 else colors[i:i + chunk],
+                        lights, background, sigma, backend, cutoff, cull_backfaces, gray, buffers)
+                 for i in range(0, B, chunk)]
+        cat = lambda name: None if getattr(parts[0], name) is None else torch.cat(  # noqa: E731
+            [getattr(p, name) for p in parts])
+        out = RenderOutput(*(cat(name) for name in ("images", "alpha", "depth", "face_index", "bary")))
+        if parts[0].images.stride(-1) == 0:  # grey shown as RGB: keep one channel, expanded
+            out.images = torch.cat([p.images[..., :1] for p in parts]).expand(-1, -1, -1, 3)
+        return out
     F = faces.shape[0]
     H, W = camera.image_size
     HW, N = H * W, B * H * W

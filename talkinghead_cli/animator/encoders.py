@@ -112,12 +112,11 @@ class LogMel(nn.Module):
 class MelEncoder(nn.Module):
     """Log-mel -> conv (100 -> 50 Hz) -> local transformer. Output width ``dim``."""
 
-    rate = 50.0
-
     def __init__(self, sample_rate: int, dim: int, n_layers: int, n_heads: int, window: int,
                  dropout: float = 0.1):
         super().__init__()
         self.logmel = LogMel(sample_rate)
+        self.rate = sample_rate / (2 * self.logmel.hop)  # 50 Hz at 16 kHz
         self.conv1 = nn.Conv1d(80, dim, 3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, 3, stride=2, padding=1)
         self.layers = nn.ModuleList(
@@ -134,7 +133,7 @@ class MelEncoder(nn.Module):
         return x
 
     def features(self, audio: Tensor) -> Tensor:
-        """audio (B, S) -> (B, N, dim) at 50 Hz, frame n at n / 50 s.
+        """audio (B, S) -> (B, N, dim) at ``rate`` (50 Hz), frame n at n / rate s.
 
         The transformer runs on windows of ``chunk`` frames plus a margin of
         ``n_layers * window`` frames each side, which is its whole receptive field, so the

@@ -185,3 +185,14 @@ def test_tiny_model_learns_to_follow_the_audio():
     pred = model.predict(audio, template, style)
     err = ((pred - target) ** 2).mean().item()
     assert err < 0.5 * ((template[:, None] - target) ** 2).mean().item()  # better than standing still
+
+
+def test_predict_restores_training_mode_and_thread_count():
+    model = make()
+    model.train()
+    threads = torch.get_num_threads()
+    seen = []
+    audio, template, style = inputs(seconds=0.5)
+    model.predict(audio, template, style, progress=lambda d, t: seen.append(torch.get_num_threads()))
+    assert model.training and torch.get_num_threads() == threads
+    assert seen and set(seen) == {1}  # the per-frame loop runs on one CPU thread

@@ -14,8 +14,8 @@ Interior edges between neighbouring faces are therefore never blurred (the hard 
 watertight there), while outlines get a soft, differentiable coverage.
 
 Design (why it is fast without per-pixel x per-face tensors): each face tests only the pixels
-of its own bounding box. For the hard layer, faces are grouped by box size class (1, 2, 3, 4,
-6, 8, ... pixels a side) and each group is tested against its tile by broadcasting, so no
+of its own bounding box. For the hard layer, faces are grouped by box size class (1, 2, ..., 8,
+10, 12, 15, ... pixels a side) and each group is tested against its tile by broadcasting, so no
 per-pair gathers or integer divisions are needed; only hits are materialised. Face meshes have
 small triangles, so the tested pixels number a few times the covered ones. Inside tests and
 depths use per-face plane equations in coordinates relative to the first vertex (no float32
@@ -198,10 +198,11 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
 
 
 def _tile_sizes(n: int, device) -> torch.Tensor:
-    """Tile sides 1, 2, 3, 4, 6, 8, 12, ... (about x1.5 steps) up to at least ``n``."""
-    sizes = [1, 2, 3]
+    """Tile sides 1, 2, ..., 8, then steps of about 25 % (10, 12, 15, 18, ...), up to at least ``n``:
+    small steps waste few tile pixels on the many small boxes of a face mesh."""
+    sizes = list(range(1, 9))
     while sizes[-1] < n:
-        sizes.append(sizes[-2] * 2)
+        sizes.append(sizes[-1] + max(2, sizes[-1] // 4))
     return torch.tensor(sizes, device=device)
 
 

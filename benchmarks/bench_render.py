@@ -97,6 +97,19 @@ def bench_ours(verts, faces, sizes, batches, repeats, skip):
                 _report("ours", f"{size}²", batch, name, _time(fn, repeats), batch)
 
 
+def bench_culled(verts, faces, repeats, size=224, batch=32):
+    """224², batch 32 with ``cull_backfaces=True`` (exact for a closed, outward-wound mesh)."""
+    f = torch.tensor(faces)
+    cam = front_camera(verts, size)
+    v = _frames(verts, batch)
+
+    def fwd_bwd():
+        vg = v.clone().requires_grad_(True)
+        render_mesh(vg, f, cam, cull_backfaces=True).images.mean().backward()
+
+    _report("ours", f"{size}² cull", batch, "fwd+bwd", _time(fwd_bwd, repeats), batch)
+
+
 def bench_lips(verts, faces, lips, batch, repeats, size=88):
     f = torch.tensor(faces)
     v = _frames(verts, batch)
@@ -165,6 +178,7 @@ def main() -> None:
     skip = {(512, 32)} if args.quick else set()
     if args.only in (None, "full"):
         bench_ours(verts, faces, (88, 224, 512), (1, 32), repeats, skip)
+        bench_culled(verts, faces, repeats)
     if args.only in (None, "lips"):
         bench_lips(verts, faces, lips, 32, repeats)
     if args.only in (None, "deodr") and not args.no_deodr:

@@ -197,10 +197,13 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
         return Fragments(hard_pix, hard_face, soft_pix, soft_face, (B, H, W))
 
 
+_EXACT_TILES = 8  # tile sides 1..8 are consecutive: a box of n pixels gets a tile of exactly n
+
+
 def _tile_sizes(n: int, device) -> torch.Tensor:
     """Tile sides 1, 2, ..., 8, then steps of about 25 % (10, 12, 15, 18, ...), up to at least ``n``:
     small steps waste few tile pixels on the many small boxes of a face mesh."""
-    sizes = list(range(1, 9))
+    sizes = list(range(1, _EXACT_TILES + 1))
     while sizes[-1] < n:
         sizes.append(sizes[-1] + max(2, sizes[-1] // 4))
     return torch.tensor(sizes, device=device)
@@ -241,6 +244,7 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
                         a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2], 1)
     base = (torch.div(lin, F, rounding_mode="floor") * H + yl) * W + xl
     sizes = _tile_sizes(max(H, W), x.device)
+    exact = _EXACT_TILES
     cls = torch.searchsorted(sizes, nx) * len(sizes) + torch.searchsorted(sizes, ny)
     fidx = lin % F
     n = B * H * W
@@ -258,15 +262,16 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
         w1 = cf[:, 2:3] * dx + cf[:, 3:4] * dy
         w2 = cf[:, 4:5] * dx + cf[:, 5:6] * dy
         hit = (w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)
-        if tw > 1:
+        if tw > exact:  # tiles up to ``exact`` equal their boxes; larger ones may overhang
             hit &= sx < nx.index_select(0, sel)[:, None]
-        if th > 1:
+        if th > exact:
             hit &= sy < ny.index_select(0, sel)[:, None]
         k, s = torch.nonzero(hit, as_tuple=True)
         kk = sel[k]
-        pix = base[kk] + sy[s] * W + sx[s]
+        pix = base[kk] + (sy * W + sx)[s]
         zc = cf[:, 6:9].index_select(0, k)
-        depth = zc[:, 0] + zc[:, 1] * dx[k, s] + zc[:, 2] * dy[k, s]
+        flat = k * (tw * th) + s
+        depth = zc[:, 0] + zc[:, 1] * dx.reshape(-1)[flat] + zc[:, 2] * dy.reshape(-1)[flat]
         if perspective:
             depth = 1.0 / depth
         if packed:
@@ -297,7 +302,10 @@ def _pack(depth: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
     """z-buffer keys: the depth's order-preserving float32 bits in the high 32 bits and the
     inverted face index in the low ones, so the minimum key per pixel is the nearest face, ties
     going to the largest face index (as :func:`_winner`). depth: (P,) float32; face: (P,) long."""
-    return (_sortable(depth.contiguous().view(torch.int32).long()) << 32) | (_LOW - face)
+    bits = depth.contiguous().view(torch.int32).long()
+    if not bool((depth < 0).any()):  # non-negative floats already sort like their bits
+        return (bits << 32) | (_LOW - face)
+    return (_sortable(bits) << 32) | (_LOW - face)
 
 
 def _unpack(best: torch.Tensor):

@@ -251,33 +251,38 @@ def _hard_layer(x, y, z, area2, valid, H, W, perspective):
     packed = x.dtype == torch.float32  # one int64 z-buffer key per pair (see _pack)
     best = torch.full((n,), _EMPTY, dtype=torch.int64, device=x.device) if packed else None
     parts = []
-    for c in torch.unique(cls).tolist():
-        sel = torch.nonzero(cls == c).squeeze(1)
+    # sort the faces by class once: each class is then a contiguous slice
+    order = torch.argsort(cls)
+    classes, counts = torch.unique_consecutive(cls[order], return_counts=True)
+    coef, base, fidx, nx, ny = coef[order], base[order], fidx[order], nx[order], ny[order]
+    start = 0
+    for c, count in zip(classes.tolist(), counts.tolist()):
+        part = slice(start, start + count)
+        start += count
         tw, th = int(sizes[c // len(sizes)]), int(sizes[c % len(sizes)])
         sx = torch.arange(tw, device=x.device).repeat(th)  # (S,) tile column
         sy = torch.arange(th, device=x.device).repeat_interleave(tw)  # (S,) tile row
-        cf = coef.index_select(0, sel)
+        cf = coef[part]
         dx = cf[:, 0:1] + sx.to(cf.dtype)  # (Kc, S)
         dy = cf[:, 1:2] + sy.to(cf.dtype)
         w1 = cf[:, 2:3] * dx + cf[:, 3:4] * dy
         w2 = cf[:, 4:5] * dx + cf[:, 5:6] * dy
         hit = (w1 >= 0) & (w2 >= 0) & (w1 + w2 <= 1)
         if tw > exact:  # tiles up to ``exact`` equal their boxes; larger ones may overhang
-            hit &= sx < nx.index_select(0, sel)[:, None]
+            hit &= sx < nx[part][:, None]
         if th > exact:
-            hit &= sy < ny.index_select(0, sel)[:, None]
+            hit &= sy < ny[part][:, None]
         k, s = torch.nonzero(hit, as_tuple=True)
-        kk = sel[k]
-        pix = base[kk] + (sy * W + sx)[s]
+        pix = base[part][k] + (sy * W + sx)[s]
         zc = cf[:, 6:9].index_select(0, k)
         flat = k * (tw * th) + s
         depth = zc[:, 0] + zc[:, 1] * dx.reshape(-1)[flat] + zc[:, 2] * dy.reshape(-1)[flat]
         if perspective:
             depth = 1.0 / depth
         if packed:
-            best.scatter_reduce_(0, pix, _pack(depth, fidx[kk]), "amin", include_self=True)
+            best.scatter_reduce_(0, pix, _pack(depth, fidx[part][k]), "amin", include_self=True)
         else:
-            parts.append((pix, fidx[kk], depth))
+            parts.append((pix, fidx[part][k], depth))
     if packed:
         return _unpack(best)
     if not parts:  # nothing in view

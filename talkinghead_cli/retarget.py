@@ -1,0 +1,336 @@
+"""Retargeting: animate a face mesh of any topology with a model trained on another one.
+
+The model predicts vertices on its own template (the *source*, Vt vertices). A user's mesh
+(the *target*, Vu vertices, any triangulation, pose, scale and position) is animated by:
+
+1. **Alignment.** A similarity transform ``x_user = s R x_src + t`` found from area-weighted
+   surface moments (centroid, scale, principal axes) under all 24 axis-permutation/sign
+   hypotheses, each refined by a short rigid-plus-scale ICP of the source's face region onto
+   the user's surface (``trimesh.registration.icp``); the best hypothesis is refined further.
+   With ``landmarks`` (user vertex -> source vertex pairs) the initial transform is their
+   Umeyama/Procrustes fit instead.
+2. **Alignment error.** Distances from the source's face region (lips + upper face when the
+   checkpoint knows them, else all vertices), aligned, to the user's surface, relative to the
+   source's size (bounding-box diagonal): mean and 95th percentile. Over ``max_error`` the mesh
+   is refused as not face-like.
+3. **Mapping.** Each user vertex, brought into the source frame, is projected onto the source
+   surface; the barycentric coordinates of the closest triangle, times a smooth falloff from 1
+   (on the surface) to 0 (``falloff`` distances away: back of the head, neck, borders), form
+   a sparse (Vu, Vt) matrix ``W``.
+4. **Transfer.** Per frame, ``d_user = s R (W @ (pred - source))``: displacements
+   interpolated on the source, rotated and scaled into the user's frame. One sparse matmul
+   for all frames.
+
+Shapes: T frames, V vertices (Vt source, Vu user), F faces.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.mesh import Mesh
+
+MAX_ERROR = 0.02  # refuse when the p95 alignment error exceeds 2 % of the template's diagonal
+FALLOFF = (0.01, 0.04)  # full motion below 1 %, none beyond 4 % of the diagonal
+MIN_LANDMARKS = 4
+_ICP_POINTS = 600
+
+
+@dataclass
+class Retargeting:
+    """A cached mapping from the model's template to a user's mesh.
+
+    Attributes:
+        weights: (Vu, Vt) sparse CSR, barycentric weights times falloff (rows sum to <= 1).
+        rotation: (3, 3), scale: float, translation: (3,): ``x_user = scale * rotation @ x_src + translation``.
+        error: ``{"mean": .., "p95": ..}`` alignment error relative to the template diagonal.
+        falloff: (Vu,) motion weight of each user vertex in [0, 1].
+        method: ``"automatic"`` or ``"landmarks"``.
+    """
+
+    weights: sp.csr_matrix
+    rotation: np.ndarray
+    scale: float
+    translation: np.ndarray
+    error: dict = field(default_factory=dict)
+    falloff: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    method: str = "automatic"
+
+    def transfer(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Animate the user's mesh.
+
+        Args:
+            pred: (T, Vt, 3) model vertices; source: (Vt, 3) the model's template;
+            target: (Vu, 3) the user's neutral vertices.
+        Returns:
+            (T, Vu, 3) float32.
+        """
+        disp = np.asarray(pred, np.float32) - np.asarray(source, np.float32)[None]
+        t, vt, _ = disp.shape
+        moved = self.weights @ disp.transpose(1, 0, 2).reshape(vt, t * 3)  # (Vu, T*3)
+        moved = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3) in the source frame
+        to_user = (self.scale * self.rotation).astype(np.float32)  # d_user = s R d_src
+        return (target[None] + moved @ to_user.T).astype(np.float32)
+
+    def transfer_reference(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Slow, readable version of :meth:`transfer` (loops over frames and user vertices)."""
+        w = self.weights.tocsr()
+        out = np.repeat(np.asarray(target, np.float64)[None], len(pred), axis=0)
+        for f in range(len(pred)):
+            disp = pred[f].astype(np.float64) - source
+            for u in range(w.shape[0]):
+                lo, hi = w.indptr[u], w.indptr[u + 1]
+                d = (w.data[lo:hi, None] * disp[w.indices[lo:hi]]).sum(axis=0)
+                out[f, u] += self.scale * self.rotation @ d
+        return out.astype(np.float32)
+
+    def info(self) -> dict:
+        return {"method": self.method, "scale": float(self.scale),
+                "alignment_error": {k: float(v) for k, v in self.error.items()},
+                "moving_vertices": int((self.falloff > 0).sum()),
+                "num_verts": int(self.weights.shape[0])}
+
+
+# ----------------------------------------------------------------------------- geometry helpers
+
+
+def _trimesh(mesh: Mesh):
+    import trimesh
+
+    return trimesh.Trimesh(np.asarray(mesh.verts, np.float64), mesh.faces, process=False)
+
+
+def surface_moments(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Area-weighted centroid (3,), principal axes (3, 3) as columns (right-handed, by
+    decreasing extent) and their standard deviations (3,), from face centroids, so the result
+    hardly depends on how finely the surface is triangulated."""
+    tri = verts[faces].astype(np.float64)  # (F, 3, 3)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    w = area / max(area.sum(), 1e-30)
+    c = tri.mean(axis=1)
+    mu = w @ c
+    cov = (c - mu).T @ ((c - mu) * w[:, None])
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1]
+    axes = evecs[:, order]
+    if np.linalg.det(axes) < 0:
+        axes[:, 2] *= -1
+    return mu, axes, np.sqrt(np.maximum(evals[order], 0))
+
+
+def axis_hypotheses() -> list[np.ndarray]:
+    """The 24 proper rotations that map coordinate axes onto signed coordinate axes."""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            p = np.zeros((3, 3))
+            p[list(range(3)), list(perm)] = signs
+            if np.linalg.det(p) > 0:
+                out.append(p)
+    return out
+
+
+def _matrix(rotation: np.ndarray, scale: float, translation: np.ndarray) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, :3] = scale * rotation
+    m[:3, 3] = translation
+    return m
+
+
+def _split(matrix: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    lin = matrix[:3, :3]
+    s = float(np.cbrt(np.linalg.det(lin)))
+    return lin / s, s, matrix[:3, 3].copy()
+
+
+def closest_on_surface(mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closest surface points of a trimesh. points: (N, 3).
+    Returns (closest (N, 3), distance (N,), triangle id (N,))."""
+    import trimesh
+
+    closest, dist, tri = trimesh.proximity.closest_point(mesh, points)
+    return np.asarray(closest), np.asarray(dist), np.asarray(tri, np.int64)
+
+
+def closest_on_surface_reference(verts: np.ndarray, faces: np.ndarray, points: np.ndarray):
+    """Slow, readable brute force of :func:`closest_on_surface` (every point against every
+    triangle), for tests on small meshes."""
+    import trimesh
+
+    tri = verts[faces].astype(np.float64)
+    best = np.full(len(points), np.inf)
+    out_p, out_t = np.zeros((len(points), 3)), np.zeros(len(points), np.int64)
+    for i, p in enumerate(points):
+        cand = trimesh.triangles.closest_point(tri, np.repeat(p[None], len(tri), axis=0))
+        d = np.linalg.norm(cand - p, axis=1)
+        j = int(np.argmin(d))
+        best[i], out_p[i], out_t[i] = d[j], cand[j], j
+    return out_p, best, out_t
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def _region_points(source: Mesh, region: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    pts = source.verts[region] if region is not None and len(region) >= 10 else source.verts
+    if len(pts) > n:
+        pts = pts[np.random.default_rng(seed).choice(len(pts), n, replace=False)]
+    return np.asarray(pts, np.float64)
+
+
+def _icp(points: np.ndarray, user_tm, initial: np.ndarray, iterations: int) -> np.ndarray:
+    """Rigid + uniform-scale ICP of source points onto the user's surface. Returns 4x4."""
+    from trimesh.registration import icp
+
+    matrix, _, _ = icp(points, user_tm, initial=initial, max_iterations=iterations,
+                       reflection=False, scale=True, threshold=1e-7)
+    return matrix
+
+
+def alignment_error(points: np.ndarray, matrix: np.ndarray, user_tm, diagonal: float) -> dict:
+    """Distances of source points (N, 3), mapped by ``matrix``, to the user's surface, relative
+    to the mapped source diagonal. Returns {"mean", "p95"}."""
+    mapped = points @ matrix[:3, :3].T + matrix[:3, 3]
+    _, dist, _ = closest_on_surface(user_tm, mapped)
+    rel = dist / (diagonal * _split(matrix)[1])
+    return {"mean": float(rel.mean()), "p95": float(np.percentile(rel, 95))}
+
+
+def align_automatic(source: Mesh, user: Mesh, region: np.ndarray | None = None) -> np.ndarray:
+    """Source -> user similarity (4x4) from surface moments, 24 axis hypotheses and ICP."""
+    user_tm = _trimesh(user)
+    mu_s, ax_s, sd_s = surface_moments(source.verts, source.faces)
+    mu_u, ax_u, sd_u = surface_moments(user.verts, user.faces)
+    scale = float(np.sqrt((sd_u ** 2).sum() / max((sd_s ** 2).sum(), 1e-30)))
+    coarse = _region_points(source, region, 200)
+    diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
+    best, best_err = None, np.inf
+    for p in axis_hypotheses():
+        rot = ax_u @ p @ ax_s.T
+        init = _matrix(rot, scale, mu_u - scale * rot @ mu_s)
+        m = _icp(coarse, user_tm, init, 6)
+        err = alignment_error(coarse, m, user_tm, diag)["mean"]
+        if err < best_err:
+            best, best_err = m, err
+    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), user_tm, best, 30)
+
+
+def align_landmarks(source: Mesh, user: Mesh, pairs: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+    """Source -> user similarity (4x4) from landmark pairs (N, 2) of (user, source) vertex
+    indices (Umeyama fit), refined by ICP."""
+    from trimesh.registration import procrustes
+
+    m, _, _ = procrustes(source.verts[pairs[:, 1]].astype(np.float64), user.verts[pairs[:, 0]].astype(np.float64),
+                         reflection=False, scale=True)
+    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), _trimesh(user), m, 30)
+
+
+# ----------------------------------------------------------------------------- landmarks file
+
+
+def read_landmarks(path: str | Path, num_user: int, num_source: int) -> np.ndarray:
+    """Read ``user_vertex template_vertex`` pairs.
+
+    Formats: JSON (``[[u, t], ...]`` or ``{"pairs": [[u, t], ...]}`` or ``{"u": t, ...}``) or
+    text with one ``u t`` pair per line (``#`` comments). Returns (N, 2) int64.
+
+    Raises:
+        UserError: unreadable file, bad format, fewer than ``MIN_LANDMARKS`` pairs, indices
+        out of range.
+    """
+    path = Path(path)
+    fix = f"write at least {MIN_LANDMARKS} lines 'USER_VERTEX TEMPLATE_VERTEX' (or JSON [[u, t], ...])"
+    if not path.is_file():
+        raise UserError("landmarks file not found", path, "check the path")
+    text = path.read_text(errors="replace")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict) and "pairs" in data:
+                data = data["pairs"]
+            elif isinstance(data, dict):
+                data = [[int(k), v] for k, v in data.items()]
+            pairs = np.asarray(data, dtype=np.float64)
+        else:
+            rows = [ln.split("#")[0].replace(",", " ").split() for ln in text.splitlines()]
+            pairs = np.asarray([[float(x) for x in r] for r in rows if r], dtype=np.float64)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot parse the landmarks ({type(e).__name__})", path, fix) from e
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.all(pairs == np.round(pairs)):
+        raise UserError("landmarks must be pairs of integer vertex indices", path, fix)
+    if len(pairs) < MIN_LANDMARKS:
+        raise UserError(f"{len(pairs)} landmark pairs given, at least {MIN_LANDMARKS} are needed", path, fix)
+    pairs = pairs.astype(np.int64)
+    if pairs.min() < 0 or pairs[:, 0].max() >= num_user or pairs[:, 1].max() >= num_source:
+        raise UserError(f"a landmark index is out of range (user mesh {num_user}, template {num_source} vertices)",
+                        path, "use 0-based vertex indices: user mesh first, model template second")
+    return pairs
+
+
+# ----------------------------------------------------------------------------- mapping
+
+
+def smooth_falloff(rel_dist: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    """1 below ``inner``, 0 beyond ``outer``, a smoothstep between. rel_dist: (N,)."""
+    x = np.clip((rel_dist - inner) / max(outer - inner, 1e-12), 0.0, 1.0)
+    return 1.0 - x * x * (3.0 - 2.0 * x)
+
+
+def barycentric_weights(source: Mesh, points: np.ndarray, falloff: tuple[float, float] = FALLOFF):
+    """Sparse barycentric interpolation from the source surface to ``points`` (in its frame).
+
+    Returns (W (N, Vt) CSR with rows of barycentrics x falloff, falloff (N,), distance (N,))."""
+    import trimesh
+
+    tm = _trimesh(source)
+    closest, dist, tri = closest_on_surface(tm, np.asarray(points, np.float64))
+    bary = trimesh.triangles.points_to_barycentric(tm.triangles[tri], closest)
+    bary = np.clip(np.nan_to_num(bary), 0, None)
+    bary /= np.maximum(bary.sum(axis=1, keepdims=True), 1e-12)
+    diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
+    fall = smooth_falloff(dist / diag, *falloff)
+    rows = np.repeat(np.arange(len(points)), 3)
+    w = sp.csr_matrix(((bary * fall[:, None]).ravel(), (rows, source.faces[tri].ravel())),
+                      shape=(len(points), source.num_verts))
+    w.eliminate_zeros()
+    return w, fall, dist
+
+
+def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None,
+                      landmarks: np.ndarray | None = None, max_error: float = MAX_ERROR,
+                      user_path: str | Path | None = None) -> Retargeting:
+    """Align ``user`` to the model's template ``source`` and cache the vertex mapping.
+
+    Args:
+        source: the model's template (Vt vertices); user: any triangle mesh (Vu vertices).
+        region: source vertex indices of the face (lips + upper face) used for alignment and
+            its error; None uses every vertex.
+        landmarks: (N, 2) (user vertex, source vertex) pairs for the initial transform.
+        max_error: refuse when the p95 relative alignment error exceeds it.
+    Raises:
+        UserError: the mesh is not face-like (alignment error over ``max_error``).
+    """
+    if landmarks is not None:
+        matrix, method = align_landmarks(source, user, landmarks, region), "landmarks"
+    else:
+        matrix, method = align_automatic(source, user, region), "automatic"
+    diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
+    pts = source.verts[region] if region is not None and len(region) >= 10 else source.verts
+    err = alignment_error(np.asarray(pts, np.float64), matrix, _trimesh(user), diag)
+    if not err["p95"] <= max_error:
+        hint = ("check the landmark pairs (user vertex, template vertex)" if landmarks is not None else
+                "give a face mesh, or pass --landmarks with a few user/template vertex pairs")
+        raise UserError(f"the template does not look like a face: alignment error {100 * err['p95']:.1f} % "
+                        f"of the face size (95th percentile; at most {100 * max_error:.1f} % accepted)",
+                        user_path, hint)
+    rot, scale, trans = _split(matrix)
+    in_source = (user.verts.astype(np.float64) - trans) @ rot / scale  # row form of R^T (x - t) / s
+    w, fall, _ = barycentric_weights(source, in_source)
+    return Retargeting(w, rot, scale, trans, err, fall, method)

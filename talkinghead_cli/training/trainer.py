@@ -32,6 +32,7 @@ from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import Corpus, SequenceDataset, open_corpus
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
@@ -131,6 +132,7 @@ def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict
         "sample_rate": int(corpus.sample_rate),
         "subjects": list(corpus.train_subjects),
         "lip_indices": as_t(corpus.lip_indices),
+        "rig": rig_payload(corpus),  # ARKit basis of a synthetic corpus, for `animate --format arkit`
         "upper_indices": as_t(corpus.upper_indices),
         "vocabulary": None,
         "extra": state,

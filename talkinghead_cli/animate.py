@@ -4,7 +4,9 @@
 vertex sequence and writes, atomically, into ``cfg.out``::
 
     vertices.npy     (T, V, 3) float32
-    meshes/          frame_00000.obj ... (or .ply), or nothing more for --format npy
+    meshes/          frame_00000.obj ... (or .ply; --format is a comma list of obj, ply,
+                     npy (vertices.npy only), npz (sequence.npz), gltf (animation.glb:
+                     morph targets + animation), arkit (arkit.csv/json, models with a rig))
     preview.mp4      the sequence rendered with the speech (unless --no-video)
     animation.json   fps, sample rate, model, template, duration, frames, style
 
@@ -20,7 +22,7 @@ bounded however long the speech. Shapes: S samples, T frames, V vertices, F face
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,10 @@ from talkinghead_cli.atomic import atomic_dir
 from talkinghead_cli.audio import load_audio
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.mesh import Mesh, load_template, write_sequence
+from talkinghead_cli.export import checkpoint_rig, write_formats
+from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.retarget import Retargeting, for_checkpoint
 from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.trainer import resolve_device
 
@@ -47,6 +51,7 @@ class AnimationResult:
     frames: int
     duration: float
     fps: float
+    notes: list[str] = field(default_factory=list)  # retargeting and export figures, one line each
 
 
 # ----------------------------------------------------------------------------- model and inputs
@@ -96,21 +101,30 @@ def parse_style(spec: str | None, subjects: list[str], checkpoint: Path | None =
 
 
 def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:
-    """The template to animate: ``cfg.template`` (same vertex count as the model) or the
-    checkpoint's training template."""
+    """The template to animate: ``cfg.template`` (any topology; see :func:`_retargeting`) or
+    the checkpoint's training template."""
     faces = None if ckpt.get("faces") is None else ckpt["faces"].numpy()
-    num_verts = int(ckpt["config"]["animator"]["num_verts"])
     if cfg.template is None:
         verts = ckpt["template"].numpy()
         if faces is None:
             return Mesh(verts.astype(np.float32), np.zeros((0, 3), np.int64))
         return Mesh(verts.astype(np.float32), faces.astype(np.int64))
-    mesh = load_template(cfg.template, faces=faces)
-    if mesh.num_verts != num_verts:
-        raise UserError(f"the template has {mesh.num_verts} vertices, this model animates meshes of "
-                        f"{num_verts} (its training topology)", cfg.template,
-                        "give a template with the training topology (retargeting comes later)")
-    return mesh
+    return load_template(cfg.template, faces=faces)
+
+
+def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargeting | None, dict]:
+    """Retargeting of a template of another topology (or with ``--landmarks``), and the
+    checkpoint as seen on the user's mesh (lip/upper-face indices mapped onto it)."""
+    if cfg.template is None:
+        if cfg.landmarks is not None:
+            raise UserError("--landmarks needs --template", cfg.landmarks, "pass your face mesh with --template")
+        return None, ckpt
+    rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks)
+    if rt is None:
+        return None, ckpt
+    mapped = {k: rt.map_indices(None if ckpt.get(k) is None else ckpt[k].numpy())
+              for k in ("lip_indices", "upper_indices")}
+    return rt, {**ckpt, **{k: None if v is None else torch.from_numpy(v) for k, v in mapped.items()}}
 
 
 # ----------------------------------------------------------------------------- windowing
@@ -180,7 +194,8 @@ def _speech_files(path: Path) -> list[Path]:
 
 
 def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
-                 wav: Path, dest: Path, final: Path, progress: ProgressFn | None) -> AnimationResult:
+                 wav: Path, dest: Path, final: Path, progress: ProgressFn | None,
+                 rt: Retargeting | None = None, rig: tuple | None = None) -> AnimationResult:
     """Write vertices.npy, meshes, preview and animation.json of one file into ``dest``."""
     device = next(model.parameters()).device
     audio = load_audio(wav, model.sample_rate, allow_long=cfg.allow_long)
@@ -191,17 +206,23 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
                                     shape=(num_frames, mesh.num_verts, 3))
     window = max(2, int(round(cfg.window_seconds * fps)))
     overlap = min(int(round(cfg.overlap_seconds * fps)), (window - 1) // 2)
-    template = torch.from_numpy(mesh.verts).to(device)
-    predict_windowed(model, audio, template, style, out, window, overlap, progress)
+    source = mesh if rt is None else rt.source  # the mesh the model animates
+    pred = out if rt is None else np.lib.format.open_memmap(
+        dest / ".model_vertices.npy", mode="w+", dtype=np.float32, shape=(num_frames, source.num_verts, 3))
+    predict_windowed(model, audio, torch.from_numpy(source.verts).to(device), style, pred, window, overlap, progress)
+    if rt is not None:
+        rt.transfer_into(pred, source.verts, mesh.verts, out)
     out.flush()
     files = ["vertices.npy"]
-    needs_faces = cfg.format != "npy" or cfg.video
+    needs_faces = any(f not in ("npy", "arkit") for f in cfg.formats) or cfg.video
     if needs_faces and len(mesh.faces) == 0:
         raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
                         cfg.checkpoint, "pass --template with faces, or --format npy --no-video")
-    if cfg.format != "npy":
-        write_sequence(dest / "meshes", out, mesh.faces, cfg.format, fps=fps)
-        files.append("meshes/")
+    written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig, (pred, source.verts))
+    files += written
+    if rt is not None:
+        del pred
+        (dest / ".model_vertices.npy").unlink()
     if cfg.video:
         from talkinghead_cli.video import render_preview
 
@@ -215,8 +236,28 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
             "template": str(cfg.template) if cfg.template else "checkpoint training template",
             "num_verts": mesh.num_verts, "style": dict(zip(ckpt["subjects"], style.tolist())),
             "format": cfg.format, "window_frames": window, "overlap_frames": overlap, "files": files}
+    meta.update(retarget=None if rt is None else rt.info(), exports=exported)
     (dest / "animation.json").write_text(json.dumps(meta, indent=1))
-    return AnimationResult(wav, final, num_frames, duration, fps)
+    return AnimationResult(wav, final, num_frames, duration, fps, _notes(meta))
+
+
+def _notes(meta: dict) -> list[str]:
+    """Human-readable lines of the retargeting and export figures in ``meta``."""
+    notes = []
+    if meta.get("retarget"):
+        r = meta["retarget"]
+        e = r["alignment_error"]
+        notes.append(f"retargeted ({r['method']} alignment): error {100 * e['mean']:.2f} % mean, "
+                     f"{100 * e['p95']:.2f} % p95 of the face size; {r['moving_vertices']} of {r['num_verts']} "
+                     "vertices move")
+    ex = meta.get("exports") or {}
+    if "gltf" in ex:
+        notes.append(f"animation.glb: {ex['gltf']['morph_targets']} morph targets, "
+                     f"{100 * ex['gltf']['relative_error']:.2f} % reconstruction error")
+    if "arkit" in ex:
+        notes.append(f"arkit.csv/json: {ex['arkit']['blendshapes']} rig blendshapes solved, "
+                     f"{100 * ex['arkit']['relative_error']:.1f} % fit error")
+    return notes
 
 
 def _model_card(ckpt: dict) -> dict:
@@ -238,11 +279,13 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[Anim
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)
+    rt, ckpt = _retargeting(cfg, ckpt, mesh)
+    rig = checkpoint_rig(ckpt, cfg.checkpoint) if "arkit" in cfg.formats else None
     style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
     results = []
     with atomic_dir(cfg.out) as tmp:
         for wav in files:
             sub = "" if cfg.audio.is_file() else wav.stem
             results.append(_animate_one(cfg, model, ckpt, mesh, style, wav, tmp / sub,
-                                        Path(cfg.out) / sub, progress))
+                                        Path(cfg.out) / sub, progress, rt, rig))
     return results

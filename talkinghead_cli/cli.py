@@ -204,11 +204,12 @@ def train_cmd(
 @app.command("animate")
 def animate_cmd(
     audio: Path = typer.Argument(..., help="Speech file (WAV/FLAC/OGG) or a folder of them."),
-    template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh with the model's topology [default: its training template]."),
+    template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh of any topology (another one is retargeted) [default: the model's training template]."),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="Retargeting: 'USER_VERTEX TEMPLATE_VERTEX' pairs (text or JSON, >= 4) when automatic alignment fails."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train)."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
-    fmt: str = typer.Option("obj", "--format", help="Mesh sequence format: obj, ply or npy."),
+    fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), arkit (52 blendshape curves)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),
@@ -221,12 +222,14 @@ def animate_cmd(
         raise UserError("no animator checkpoint given", None, "pass --checkpoint RUN_DIR/best.pt")
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
                                                style=style, format=fmt, video=not no_video, device=device,
-                                               allow_long=allow_long), command="animate")
+                                               allow_long=allow_long, landmarks=landmarks), command="animate")
     with progress_bar("animating", unit="frames") as progress:
         results = animate(cfg, progress=progress)
     for r in results:
         out.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s)",
                   highlight=False, soft_wrap=True)
+        for line in r.notes:
+            out.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
 # --- synth (owner: synthetic corpus) ---

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from talkinghead_cli.errors import UserError
 
@@ -59,7 +59,8 @@ class AnimateConfig(_Strict):
     checkpoint: Path
     template: Optional[Path] = None  # default: the checkpoint's training template
     style: Optional[str] = None  # SUBJECT or A:0.5,B:0.5; default: the mean of all styles
-    format: Literal["obj", "ply", "npy"] = "obj"
+    format: str = "obj"  # comma list of obj, ply, npy, npz, gltf, arkit (normalised: "obj,gltf")
+    landmarks: Optional[Path] = None  # user/template vertex pairs for retargeting's first alignment
     video: bool = True
     device: str = "auto"
     window_seconds: float = Field(60.0, gt=0)  # longer audio is animated in windows
@@ -71,6 +72,18 @@ class AnimateConfig(_Strict):
         if self.overlap_seconds * 2 > self.window_seconds:
             raise ValueError("overlap_seconds must be at most half of window_seconds")
         return self
+
+    @field_validator("format")
+    @classmethod
+    def _check_format(cls, value: str) -> str:
+        from talkinghead_cli.export import parse_formats
+
+        return ",".join(parse_formats(value))
+
+    @property
+    def formats(self) -> list[str]:
+        """The output formats, e.g. ``["obj", "gltf"]``."""
+        return self.format.split(",")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

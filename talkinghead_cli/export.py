@@ -71,30 +71,43 @@ class MorphTargets:
     error: float
 
 
-def compress_motion(disp: np.ndarray, max_targets: int = MAX_TARGETS, tolerance: float = TOLERANCE) -> MorphTargets:
+def compress_motion(disp: np.ndarray, max_targets: int = MAX_TARGETS, tolerance: float = TOLERANCE,
+                    max_svd_frames: int = 2000, chunk: int = 1000, neutral: np.ndarray | None = None) -> MorphTargets:
     """Truncated SVD of displacements into morph targets.
 
+    The basis comes from the SVD of at most ``max_svd_frames`` evenly spaced frames; every
+    frame's weights are its projection onto that basis (for shorter sequences this is exactly
+    the truncated SVD). Memory stays bounded for long sequences (``chunk`` frames at a time).
+
     Args:
-        disp: (T, V, 3) displacements from the neutral mesh.
+        disp: (T, V, 3) displacements from the neutral mesh (may be a memory map); or
+            vertices, when ``neutral`` (V, 3) is given (subtracted block by block).
     Returns:
-        the fewest targets (at most ``max_targets``) whose relative error is <= ``tolerance``;
-        each target is scaled so its weight curve peaks at magnitude 1.
+        the fewest targets (at most ``max_targets``) whose relative error on the sampled frames
+        is <= ``tolerance``; each target is scaled so its weight curve peaks at magnitude 1.
+        ``error`` is measured on all frames.
     """
     t, v, _ = disp.shape
-    d = np.asarray(disp, np.float64).reshape(t, v * 3)
-    total = float(np.linalg.norm(d))
-    if total == 0.0:
+    base = np.zeros((v, 3)) if neutral is None else np.asarray(neutral, np.float64)
+    pick = np.unique(np.linspace(0, t - 1, min(t, max_svd_frames)).round().astype(np.int64))
+    d = (np.asarray(disp[pick], np.float64) - base).reshape(len(pick), v * 3)
+    if not np.any(d):
         return MorphTargets(np.zeros((1, v, 3), np.float32), np.zeros((t, 1), np.float32), 0.0)
-    u, s, vt = np.linalg.svd(d, full_matrices=False)
-    energy = np.cumsum(s[::-1] ** 2)[::-1]  # energy[n] = sum of s[n:]**2, the error with n targets
-    rel = np.sqrt(np.append(energy[1:], 0.0)) / total  # rel[n-1]: error keeping n targets
-    ok = np.flatnonzero(rel <= tolerance)
+    _, s, vt = np.linalg.svd(d, full_matrices=False)
+    tail = np.sqrt(np.append(np.cumsum(s[::-1] ** 2)[::-1][1:], 0.0)) / np.linalg.norm(d)  # error with n=i+1
+    ok = np.flatnonzero(tail <= tolerance)
     n = int(min(max_targets, ok[0] + 1 if len(ok) else len(s)))
-    w = u[:, :n] * s[:n]
+    basis = vt[:n]  # (N, V*3) orthonormal rows
+    w = np.zeros((t, n))
+    resid = total = 0.0
+    for a in range(0, t, chunk):
+        block = (np.asarray(disp[a:a + chunk], np.float64) - base).reshape(-1, v * 3)
+        w[a:a + chunk] = block @ basis.T
+        resid += float(((block - w[a:a + chunk] @ basis) ** 2).sum())
+        total += float((block ** 2).sum())
     peak = np.maximum(np.abs(w).max(axis=0), 1e-30)
-    targets = (vt[:n] * peak[:, None]).reshape(n, v, 3)
-    err = float(np.sqrt(energy[n]) / total) if n < len(s) else 0.0
-    return MorphTargets(targets.astype(np.float32), (w / peak).astype(np.float32), err)
+    targets = (basis * peak[:, None]).reshape(n, v, 3)
+    return MorphTargets(targets.astype(np.float32), (w / peak).astype(np.float32), float(np.sqrt(resid / total)))
 
 
 # ----------------------------------------------------------------------------- GLB writer
@@ -170,8 +183,7 @@ def write_glb(path: str | Path, verts: np.ndarray, neutral: np.ndarray, faces: n
               max_targets: int = MAX_TARGETS, tolerance: float = TOLERANCE) -> MorphTargets:
     """Write ``verts`` (T, V, 3) as an animated GLB over ``neutral`` (V, 3), atomically.
     Returns the morph targets (their ``error`` is the compression error to report)."""
-    morph = compress_motion(np.asarray(verts, np.float32) - np.asarray(neutral, np.float32)[None],
-                            max_targets, tolerance)
+    morph = compress_motion(verts, max_targets, tolerance, neutral=neutral)
     data = glb_bytes(np.asarray(neutral, np.float32), faces, morph, fps)
     with atomic_file(path) as tmp:
         Path(tmp).write_bytes(data)
@@ -181,21 +193,25 @@ def write_glb(path: str | Path, verts: np.ndarray, neutral: np.ndarray, faces: n
 # ----------------------------------------------------------------------------- ARKit weights
 
 
-def solve_arkit(disp: np.ndarray, basis: np.ndarray, iterations: int = 300) -> np.ndarray:
+def solve_arkit(disp: np.ndarray, basis: np.ndarray, iterations: int = 300,
+                neutral: np.ndarray | None = None) -> np.ndarray:
     """Bounded NNLS of each frame's displacements against a blendshape basis.
 
     ``min_w ||w @ B - d||^2`` with ``0 <= w <= 1``, by FISTA on the K x K normal equations
     (all frames at once).
 
     Args:
-        disp: (T, V, 3); basis: (K, V, 3).
+        disp: (T, V, 3) (may be a memory map; read 1000 frames at a time), or vertices when
+            ``neutral`` (V, 3) is given; basis: (K, V, 3).
     Returns:
         (T, K) float32 in [0, 1].
     """
     k = basis.shape[0]
     b = np.asarray(basis, np.float64).reshape(k, -1)  # (K, V*3)
     gram = b @ b.T  # (K, K)
-    rhs = np.asarray(disp, np.float64).reshape(len(disp), -1) @ b.T  # (T, K)
+    base = 0.0 if neutral is None else np.asarray(neutral, np.float64)
+    rhs = np.concatenate([(np.asarray(disp[a:a + 1000], np.float64) - base).reshape(-1, b.shape[1]) @ b.T
+                          for a in range(0, len(disp), 1000)])  # (T, K), bounded memory
     step = 1.0 / max(float(np.linalg.eigvalsh(gram)[-1]), 1e-30)
     w = np.clip(rhs @ np.linalg.pinv(gram), 0.0, 1.0)
     y, t_k = w.copy(), 1.0
@@ -283,3 +299,50 @@ def rig_payload(corpus) -> dict | None:
     if rig is None:
         return None
     return {"name": rig.name, "names": list(rig.names), "basis": torch.from_numpy(rig.basis.astype(np.float16))}
+
+
+# ----------------------------------------------------------------------------- all formats
+
+
+def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np.ndarray, faces: np.ndarray,
+                  fps: float, rig: tuple[list[str], np.ndarray] | None = None,
+                  motion: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[str], dict]:
+    """Write the requested formats of one animation into ``dest`` (``vertices.npy`` is
+    written by the caller).
+
+    Args:
+        verts: (T, V, 3) the output mesh sequence; neutral: (V, 3); faces: (F, 3).
+        rig: (K names, basis (K, Vm, 3)) for ``arkit``.
+        motion: (vertices (T, Vm, 3), neutral (Vm, 3)) on the rig's topology for ``arkit``
+            (default: ``verts`` and ``neutral``).
+    Returns:
+        (files written, figures for animation.json).
+    """
+    from talkinghead_cli.mesh import write_sequence
+
+    files, info = [], {}
+    mesh_formats = [f for f in formats if f in ("obj", "ply")]
+    for i, fmt in enumerate(mesh_formats):
+        folder = "meshes" if i == 0 else f"meshes_{fmt}"
+        write_sequence(dest / folder, verts, faces, fmt, fps=fps)
+        files.append(folder + "/")
+    if "npz" in formats:
+        write_sequence(dest / "sequence.npz", verts, faces, "npz", fps=fps)
+        files.append("sequence.npz")
+    if "gltf" in formats:
+        morph = write_glb(dest / "animation.glb", verts, neutral, faces, fps)
+        files.append("animation.glb")
+        info["gltf"] = {"morph_targets": int(len(morph.targets)), "relative_error": morph.error}
+    if "arkit" in formats:
+        if rig is None:
+            raise UserError("this model has no ARKit rig", None, "drop arkit from --format")
+        names, basis = rig
+        mv, mn = motion if motion is not None else (verts, neutral)
+        weights = solve_arkit(mv, basis, neutral=mn)
+        files += write_arkit(dest, weights, names, fps)
+        pick = np.unique(np.linspace(0, len(mv) - 1, min(len(mv), 500)).round().astype(np.int64))
+        d = np.asarray(mv[pick], np.float64) - mn
+        fit = np.einsum("tk,kvc->tvc", weights[pick].astype(np.float64), basis)
+        info["arkit"] = {"blendshapes": len(names),
+                         "relative_error": float(np.linalg.norm(fit - d) / max(np.linalg.norm(d), 1e-30))}
+    return files, info

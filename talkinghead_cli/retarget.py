@@ -53,6 +53,7 @@ class Retargeting:
         error: ``{"mean": .., "p95": ..}`` alignment error relative to the template diagonal.
         falloff: (Vu,) motion weight of each user vertex in [0, 1].
         method: ``"automatic"`` or ``"landmarks"``.
+        source: the model's template the mapping was built for (set by :func:`for_checkpoint`).
     """
 
     weights: sp.csr_matrix
@@ -62,6 +63,7 @@ class Retargeting:
     error: dict = field(default_factory=dict)
     falloff: np.ndarray = field(default_factory=lambda: np.zeros(0))
     method: str = "automatic"
+    source: Mesh | None = None  # the model's template, when built for a checkpoint
 
     def transfer(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Animate the user's mesh.
@@ -78,6 +80,23 @@ class Retargeting:
         moved = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3) in the source frame
         to_user = (self.scale * self.rotation).astype(np.float32)  # d_user = s R d_src
         return (target[None] + moved @ to_user.T).astype(np.float32)
+
+    def transfer_into(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray, out: np.ndarray,
+                      chunk: int = 500) -> np.ndarray:
+        """:meth:`transfer` ``chunk`` frames at a time into ``out`` (T, Vu, 3), e.g. memory maps."""
+        for a in range(0, len(pred), chunk):
+            out[a:a + chunk] = self.transfer(np.asarray(pred[a:a + chunk]), source, target)
+        return out
+
+    def map_indices(self, indices: np.ndarray | None) -> np.ndarray | None:
+        """Source vertex indices (e.g. lips) -> the user vertices that take most of their
+        motion from them (weight share >= 0.5). Returns sorted (N,) int64, or None."""
+        if indices is None:
+            return None
+        mask = np.zeros(self.weights.shape[1])
+        mask[np.asarray(indices, np.int64)] = 1.0
+        share = (self.weights @ mask) / np.maximum(np.asarray(self.weights.sum(axis=1)).ravel(), 1e-12)
+        return np.flatnonzero((share >= 0.5) & (self.falloff >= 0.5)).astype(np.int64)
 
     def transfer_reference(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Slow, readable version of :meth:`transfer` (loops over frames and user vertices)."""
@@ -327,10 +346,37 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
     if not err["p95"] <= max_error:
         hint = ("check the landmark pairs (user vertex, template vertex)" if landmarks is not None else
                 "give a face mesh, or pass --landmarks with a few user/template vertex pairs")
-        raise UserError(f"the template does not look like a face: alignment error {100 * err['p95']:.1f} % "
+        raise UserError(f"the template ({user.num_verts} vertices, retargeted from the model's {source.num_verts}) "
+                        f"does not look like a face: alignment error {100 * err['p95']:.1f} % "
                         f"of the face size (95th percentile; at most {100 * max_error:.1f} % accepted)",
                         user_path, hint)
     rot, scale, trans = _split(matrix)
     in_source = (user.verts.astype(np.float64) - trans) @ rot / scale  # row form of R^T (x - t) / s
     w, fall, _ = barycentric_weights(source, in_source)
     return Retargeting(w, rot, scale, trans, err, fall, method)
+
+
+def for_checkpoint(ckpt: dict, user: Mesh, template_path: str | Path | None = None,
+                   landmarks_path: str | Path | None = None) -> Retargeting | None:
+    """The retargeting ``avtalk animate`` needs, or None when ``user`` has the model's topology
+    (same vertex count) and no landmarks were given: then the model animates it directly.
+
+    The source is the checkpoint's training template with its faces; the alignment region is
+    its lip and upper-face vertices when it knows them.
+    Raises:
+        UserError: no faces in the checkpoint, a bad landmarks file, a mesh that is not face-like.
+    """
+    num_verts = int(ckpt["config"]["animator"]["num_verts"])
+    if user.num_verts == num_verts and landmarks_path is None:
+        return None
+    if ckpt.get("faces") is None or len(ckpt["faces"]) == 0:
+        raise UserError(f"the template has {user.num_verts} vertices, the model {num_verts}, and the checkpoint "
+                        "carries no faces to retarget with", template_path,
+                        "give a template with the model's topology")
+    source = Mesh(ckpt["template"].numpy().astype(np.float32), ckpt["faces"].numpy().astype(np.int64))
+    parts = [ckpt[k].numpy() for k in ("lip_indices", "upper_indices") if ckpt.get(k) is not None]
+    region = np.unique(np.concatenate(parts)).astype(np.int64) if parts else None
+    pairs = None if landmarks_path is None else read_landmarks(landmarks_path, user.num_verts, num_verts)
+    rt = build_retargeting(source, user, region, pairs, user_path=template_path)
+    rt.source = source
+    return rt

@@ -4,6 +4,7 @@
 vertex sequence and writes, atomically, into ``cfg.out``::
 
     vertices.npy     (T, V, 3) float32
+    face.npz         template, faces, lip/upper-face indices, fps (for ``avtalk score``)
     meshes/          frame_00000.obj ... (or .ply; --format is a comma list of obj, ply,
                      npy (vertices.npy only), npz (sequence.npz), gltf (animation.glb:
                      morph targets + animation), arkit (arkit.csv/json, models with a rig))
@@ -213,7 +214,8 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     if rt is not None:
         rt.transfer_into(pred, source.verts, mesh.verts, out)
     out.flush()
-    files = ["vertices.npy"]
+    _write_face(dest / "face.npz", mesh, ckpt, fps)
+    files = ["vertices.npy", "face.npz"]
     needs_faces = any(f not in ("npy", "arkit") for f in cfg.formats) or cfg.video
     if needs_faces and len(mesh.faces) == 0:
         raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
@@ -258,6 +260,18 @@ def _notes(meta: dict) -> list[str]:
         notes.append(f"arkit.csv/json: {ex['arkit']['blendshapes']} rig blendshapes solved, "
                      f"{100 * ex['arkit']['relative_error']:.1f} % fit error")
     return notes
+
+
+def _write_face(path: Path, mesh: Mesh, ckpt: dict, fps: float) -> None:
+    """face.npz: what scoring needs to render the sequence on its own (``avtalk score``).
+
+    ``template`` (V, 3) float32, ``faces`` (F, 3) int64 (may be empty), ``lip_indices`` and
+    ``upper_indices`` (N,) int64 (empty when the checkpoint has none), ``fps``.
+    """
+    idx = lambda k: np.zeros(0, np.int64) if ckpt.get(k) is None else ckpt[k].numpy().astype(np.int64)  # noqa: E731
+    with open(path, "wb") as fh:
+        np.savez(fh, template=mesh.verts.astype(np.float32), faces=mesh.faces.astype(np.int64),
+                 lip_indices=idx("lip_indices"), upper_indices=idx("upper_indices"), fps=np.float64(fps))
 
 
 def _model_card(ckpt: dict) -> dict:

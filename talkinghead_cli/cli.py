@@ -261,3 +261,65 @@ def synth_cmd(
         result = build_corpus(cfg, progress=progress)
     out.print(f"{result['out']} ({result['utterances']} utterances, {result['subjects']} subjects, "
               f"{result['seconds']:.1f} s of speech)", highlight=False, soft_wrap=True)
+
+
+# --- score (owner: lip-readability scoring) ---
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+@app.command("score")
+def score_cmd(
+    path: Optional[Path] = typer.Argument(None, help="An `avtalk animate` folder, or a .npy/.npz vertex file."),
+    transcript: Optional[str] = typer.Option(None, "--transcript", help="What is said (normalised as the expert's tokenizer does)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="The speech: also read audio-visually."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth (T, V, 3) .npy/.npz: adds LVE/FDD/MVE."),
+    expert: Optional[str] = typer.Option(None, "--expert", help="Lip-reading expert checkpoint (avtalk finetune-expert) or registered name."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Joint CTC/attention beam width [default: greedy CTC]."),
+    template: Optional[Path] = typer.Option(None, "--template", "-t", help="Mesh with faces for a bare vertex file."),
+    lip_indices: Optional[Path] = typer.Option(None, "--lip-indices", help="Lip vertex indices file (e.g. regions/lve.txt)."),
+    checkpoint: Optional[list[str]] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint(s): models to score with --dataset; with PATH, where template and lip indices come from."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate of a vertex file that stores none."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Score models on a split: vocaset, biwi or synthetic."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="The dataset folder."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val, test or test_b [default: test]."),
+    transcripts: Optional[Path] = typer.Option(None, "--transcripts", help="JSON {utterance id: text} for corpora without their own."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Lip readability (CER, WER, VER) and mesh errors (LVE, FDD, MVE) of animations or models."""
+    from rich.table import Table
+
+    from talkinghead_cli.config import ScoreConfig, build_config
+    from talkinghead_cli.score import AnimationScore, score
+
+    cfg = build_config(ScoreConfig, {}, dict(
+        path=path, transcript=transcript, audio=audio, reference=reference, expert=expert, json_path=json_path,
+        beam=beam, template=template, lip_indices=lip_indices, checkpoints=checkpoint or None, fps=fps,
+        dataset=dataset, data_root=data_root, split=split, transcripts=transcripts, device=device), command="score")
+    with progress_bar("scoring", unit="steps" if path is not None else "utterances") as progress:
+        result = score(cfg, progress=progress)
+    if isinstance(result, AnimationScore):
+        table = Table(title=f"{result.source}  ({result.frames} frames at {result.fps:g} fps, {result.decoding})")
+        for col in ("mode", "hypothesis", "CER", "WER", "VER"):
+            table.add_column(col, justify="left" if col in ("mode", "hypothesis") else "right")
+        for r in result.readings:
+            table.add_row(r.mode, r.hypothesis or "∅", _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
+        out.print(table)
+        out.print(f"reference: {result.transcript}", highlight=False, soft_wrap=True)
+        if result.mesh:
+            out.print("  ".join(f"{k.upper()} {v:.4g}" for k, v in result.mesh.items()), highlight=False)
+    else:
+        table = Table(title=f"{result.dataset} {result.split}: {result.utterances} utterances ({result.decoding})")
+        for col in ("model", "LVE", "FDD", "MVE", "CER", "WER", "VER"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in result.rows:
+            table.add_row(r.name, _fmt(r.lve, ".4g"), _fmt(r.fdd, ".4g"), _fmt(r.mve, ".4g"),
+                          _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
+        out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if json_path is not None:
+        out.print(f"{json_path}", highlight=False, soft_wrap=True)

@@ -137,3 +137,24 @@ def build_config(cls: type[BaseModel], file_values: dict[str, Any], flags: dict[
         msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
         hint = f"see `avtalk {command} --help`" if command else "see `avtalk COMMAND --help`"
         raise UserError(f"invalid setting '{where}': {msg}", source, hint) from e
+
+
+class ScoreConfig(_Strict):
+    """Everything ``avtalk score`` needs: one animation (``path``) or a dataset split."""
+
+    path: Optional[Path] = None  # an `avtalk animate` folder or a .npy/.npz vertex file
+    transcript: Optional[str] = None
+    audio: Optional[Path] = None  # speech: also read audio-visually
+    reference: Optional[Path] = None  # ground-truth (T, V, 3) for LVE/FDD/MVE
+    expert: Optional[str] = None  # expert checkpoint path or registered name
+    template: Optional[Path] = None  # mesh with faces, for a bare vertex file
+    lip_indices: Optional[Path] = None
+    checkpoints: list[str] = Field(default_factory=list)  # animators (path or registered name)
+    fps: Optional[float] = Field(None, gt=0)
+    dataset: Optional[Literal["vocaset", "biwi", "synthetic"]] = None
+    data_root: Optional[Path] = None
+    split: Literal["train", "val", "test", "test_b"] = "test"
+    transcripts: Optional[Path] = None  # JSON {utterance id: text}; the synthetic corpus has its own
+    beam: Optional[int] = Field(None, ge=1)  # None: greedy CTC
+    json_path: Optional[Path] = None
+    device: str = "auto"

@@ -178,18 +178,55 @@ def closest_on_surface(mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.asarray(closest), np.asarray(dist), np.asarray(tri, np.int64)
 
 
-def closest_on_surface_reference(verts: np.ndarray, faces: np.ndarray, points: np.ndarray):
-    """Slow, readable brute force of :func:`closest_on_surface` (every point against every
-    triangle), for tests on small meshes."""
+def closest_facing(mesh, points: np.ndarray, normals: np.ndarray, penalty: float,
+                   neighbours: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closest surface points that face the same way as the query points.
+
+    Where two surfaces touch (closed upper and lower lips) the plain closest triangle may be
+    on the wrong one. Here each point's candidates are the triangles around its
+    ``neighbours`` nearest mesh vertices plus the exact closest triangle; a candidate whose
+    normal points against the query's normal costs ``penalty`` extra distance. Only these
+    local candidates are compared, so a facing triangle on a far side of the mesh is never
+    preferred to a near one.
+
+    Args:
+        mesh: trimesh; points, normals: (N, 3) (unit normals).
+    Returns:
+        (closest (N, 3), distance (N,), triangle id (N,)).
+    """
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    _, exact_dist, exact_tri = closest_on_surface(mesh, points)
+    _, nn = cKDTree(mesh.vertices).query(points, k=min(neighbours, len(mesh.vertices)))
+    cand = np.concatenate([np.asarray(mesh.vertex_faces)[nn.reshape(len(points), -1)].reshape(len(points), -1),
+                           exact_tri[:, None]], axis=1)  # (N, C), -1 = padding
+    safe = np.maximum(cand, 0)
+    tri = np.asarray(mesh.triangles)[safe.ravel()]
+    near = trimesh.triangles.closest_point(tri, np.repeat(points, cand.shape[1], axis=0)).reshape(*cand.shape, 3)
+    dist = np.linalg.norm(near - points[:, None], axis=2)
+    facing = np.einsum("ncd,nd->nc", np.asarray(mesh.face_normals)[safe], normals) >= 0
+    score = np.where(cand < 0, np.inf, dist + penalty * ~facing)
+    pick = np.argmin(score, axis=1)
+    rows = np.arange(len(points))
+    return near[rows, pick], dist[rows, pick], cand[rows, pick]
+
+
+def closest_facing_reference(verts: np.ndarray, faces: np.ndarray, points: np.ndarray,
+                             normals: np.ndarray | None = None, penalty: float = 0.0):
+    """Slow, readable brute force of :func:`closest_facing` (or, without normals, of
+    :func:`closest_on_surface`): every point against every triangle."""
     import trimesh
 
     tri = verts[faces].astype(np.float64)
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     best = np.full(len(points), np.inf)
     out_p, out_t = np.zeros((len(points), 3)), np.zeros(len(points), np.int64)
     for i, p in enumerate(points):
         cand = trimesh.triangles.closest_point(tri, np.repeat(p[None], len(tri), axis=0))
         d = np.linalg.norm(cand - p, axis=1)
-        j = int(np.argmin(d))
+        score = d if normals is None else d + penalty * (fn @ normals[i] < 0)
+        j = int(np.argmin(score))
         best[i], out_p[i], out_t[i] = d[j], cand[j], j
     return out_p, best, out_t
 
@@ -302,18 +339,21 @@ def smooth_falloff(rel_dist: np.ndarray, inner: float, outer: float) -> np.ndarr
     return 1.0 - x * x * (3.0 - 2.0 * x)
 
 
-def barycentric_weights(source: Mesh, points: np.ndarray, falloff: tuple[float, float] = FALLOFF):
-    """Sparse barycentric interpolation from the source surface to ``points`` (in its frame).
+def barycentric_weights(source: Mesh, points: np.ndarray, normals: np.ndarray,
+                        falloff: tuple[float, float] = FALLOFF):
+    """Sparse barycentric interpolation from the source surface to ``points`` (N, 3) with
+    unit ``normals`` (N, 3), both in the source frame; triangles facing away from a point's
+    normal are avoided (:func:`closest_facing`).
 
     Returns (W (N, Vt) CSR with rows of barycentrics x falloff, falloff (N,), distance (N,))."""
     import trimesh
 
     tm = _trimesh(source)
-    closest, dist, tri = closest_on_surface(tm, np.asarray(points, np.float64))
+    diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
+    closest, dist, tri = closest_facing(tm, np.asarray(points, np.float64), normals, penalty=falloff[1] * diag)
     bary = trimesh.triangles.points_to_barycentric(tm.triangles[tri], closest)
     bary = np.clip(np.nan_to_num(bary), 0, None)
     bary /= np.maximum(bary.sum(axis=1, keepdims=True), 1e-12)
-    diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
     fall = smooth_falloff(dist / diag, *falloff)
     rows = np.repeat(np.arange(len(points)), 3)
     w = sp.csr_matrix(((bary * fall[:, None]).ravel(), (rows, source.faces[tri].ravel())),
@@ -352,7 +392,8 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
                         user_path, hint)
     rot, scale, trans = _split(matrix)
     in_source = (user.verts.astype(np.float64) - trans) @ rot / scale  # row form of R^T (x - t) / s
-    w, fall, _ = barycentric_weights(source, in_source)
+    normals = np.asarray(_trimesh(user).vertex_normals) @ rot  # rotated into the source frame
+    w, fall, _ = barycentric_weights(source, in_source, normals)
     return Retargeting(w, rot, scale, trans, err, fall, method)
 
 

@@ -24,9 +24,14 @@ def _scene(dtype=torch.float64):
     return verts, faces, colors
 
 
-def _camera(projection, size=12, dtype=torch.float64):
+def _camera(projection, size=12, dtype=torch.float64, roll=0.0):
+    """Front camera; ``roll`` turns it about its viewing axis (a non-identity rotation)."""
     verts, _, _ = _scene()
-    return front_camera(verts, size, projection=projection, margin=0.05).to(dtype=dtype)
+    cam = front_camera(verts, size, projection=projection, margin=0.05).to(dtype=dtype)
+    c, s = math.cos(roll), math.sin(roll)
+    rz = torch.tensor([[[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]], dtype=dtype)
+    return Camera(R=rz, T=(rz @ cam.T[..., None])[..., 0], focal=cam.focal, principal=cam.principal,
+                  image_size=cam.image_size, projection=projection)
 
 
 def test_camera_conventions():
@@ -91,10 +96,10 @@ def test_edge_neighbours():
     assert nb[1].tolist() == [2, -1, 0]
 
 
-@pytest.mark.parametrize("projection", ["ortho", "persp"])
-def test_parity_with_reference_values_and_gradients(projection):
+@pytest.mark.parametrize("projection,roll", [("ortho", 0.0), ("persp", 0.0), ("persp", 0.4)])
+def test_parity_with_reference_values_and_gradients(projection, roll):
     verts, faces, colors = _scene()
-    cam = _camera(projection)
+    cam = _camera(projection, roll=roll)
     weights = torch.rand(1, 12, 12, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     lights = Lights(ambient=0.25, directions=((0.2, 0.5, 1.0), (-0.7, -0.2, 0.4)), intensities=(0.5, 0.3))
 

@@ -80,11 +80,17 @@ class Camera:
         return replace(self, R=self.R[idx], T=self.T[idx], focal=self.focal[idx],
                        principal=self.principal[idx])
 
+    def rotate(self, vectors: torch.Tensor) -> torch.Tensor:
+        """vectors: (B, V, 3) world directions -> camera frame (B, V, 3); a rotation that is
+        exactly the identity (front views) and needs no gradient is skipped."""
+        R = self.R.to(vectors)
+        if not R.requires_grad and bool((R == torch.eye(3, dtype=R.dtype, device=R.device)).all()):
+            return vectors
+        return torch.matmul(vectors, R.transpose(1, 2))
+
     def to_camera_frame(self, verts: torch.Tensor) -> torch.Tensor:
         """verts: (B, V, 3) world -> (B, V, 3) camera frame (broadcasts a single camera)."""
-        R = self.R.to(verts)
-        T = self.T.to(verts)
-        return torch.matmul(verts, R.transpose(1, 2)) + T[:, None, :]
+        return self.rotate(verts) + self.T.to(verts)[:, None, :]
 
     def project(self, verts: torch.Tensor) -> torch.Tensor:
         """Project world points to pixels.

@@ -240,7 +240,7 @@ def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
     the single grey channel (C = 1) that all three channels share.
     """
     B, V = verts.shape[:2]
-    normals = torch.matmul(vertex_normals(verts, faces), camera.R.transpose(1, 2)).reshape(B * V, 3)
+    normals = camera.rotate(vertex_normals(verts, faces)).reshape(B * V, 3)
     if colors is None:
         return lambert(normals, torch.full_like(normals[:, :1], GREY), lights)
     lit = lambert(normals, colors.expand(B, V, 3).reshape(B * V, 3), lights)

@@ -171,6 +171,13 @@ def train_cmd(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (e.g. CodeTalker stage 1's best.pt)."),
     faces_from: Optional[Path] = typer.Option(None, "--faces-from", help="Mesh file giving the dataset's faces."),
     keep_60fps: Optional[bool] = typer.Option(None, "--keep-60fps", help="VOCASET: keep 60 fps instead of [::2]."),
+    av_loss: Optional[bool] = typer.Option(None, "--av-loss", help="Add the lip-reading expert's loss on rendered lips (needs --expert and transcripts)."),
+    expert: Optional[Path] = typer.Option(None, "--expert", help="Expert checkpoint from avtalk finetune-expert."),
+    lambda_av: Optional[float] = typer.Option(None, "--lambda-av", help="Weight of the AV loss [default: 1e-5, summed CTC/CE]."),
+    lambda_rlv: Optional[float] = typer.Option(None, "--lambda-rlv", help="Weight of the lip-vertex MSE [default: 1]."),
+    lambda_mse: Optional[float] = typer.Option(None, "--lambda-mse", help="Weight of the vertex MSE [default: 1]; 0 with --lambda-rlv 0: AV loss alone."),
+    expert_mode: Optional[str] = typer.Option(None, "--expert-mode", help="frozen (default) or joint (expert trained too, at lr/10)."),
+    av_mode: Optional[str] = typer.Option(None, "--av-mode", help="video (lips only, default) or av (lips and speech)."),
 ) -> None:
     """Train an animator on VOCASET, BIWI or the synthetic corpus."""
     from talkinghead_cli.config import TrainConfig, build_config, read_config_file
@@ -179,7 +186,9 @@ def train_cmd(
     base = read_config_file(config) if config else {}
     flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs, animator=animator,
                  size=size, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
-                 batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps)
+                 batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
+                 av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
+                 expert_mode=expert_mode, av_mode=av_mode)
     cfg = build_config(TrainConfig, base, flags, config, command="train")
 
     def log(event: dict) -> None:
@@ -189,6 +198,11 @@ def train_cmd(
                           f"{event['device']} (x{event['world']})", highlight=False)
         elif event["event"] == "init":
             console.print(f"initialised from {event['path']}", highlight=False)
+        elif event["event"] == "expert":
+            console.print(f"lip-reading expert {event['path']} ({event['mode']}, reads {event['modalities']})",
+                          highlight=False)
+        elif event["event"] == "warning":
+            console.print(f"[yellow]warning:[/yellow] {event['message']}", highlight=False)
         elif event["event"] == "epoch":
             val = "  ".join(f"{k[4:].upper()} {v:.4g}" for k, v in event.items() if k.startswith("val_"))
             mark = "  [green]best[/green]" if event["best"] else ""

@@ -43,11 +43,33 @@ class TrainConfig(_Strict):
     keep_60fps: bool = False
     faces_from: Optional[Path] = None
     resume: bool = False
+    # audio-visual lip-reading loss (stage 2): L = lambda_mse*L_mse + lambda_av*L_av + lip_weight*L_rlv
+    av_loss: bool = False
+    expert: Optional[Path] = None  # expert checkpoint (avtalk finetune-expert), needed by av_loss
+    lambda_mse: float = Field(1.0, ge=0)  # weight of the animator's own loss (vertex MSE)
+    # With summed CTC/CE (as the reference, which used 1e-7 on VOCASET's metre scale), 1e-5 puts
+    # the gradient of L_av on the lip vertices at about that of L_mse on the synthetic corpus
+    # (benchmarks/bench_av_step.py measures the ratio; it depends on the mesh scale).
+    lambda_av: float = Field(1e-5, ge=0)
+    av_ctc_weight: float = Field(0.1, ge=0, le=1)  # lambda_ctc; lambda_ce = 1 - lambda_ctc
+    av_label_smoothing: float = Field(0.1, ge=0, lt=1)
+    av_reduction: Literal["sum", "mean"] = "sum"
+    expert_mode: Literal["frozen", "joint"] = "frozen"
+    expert_lr: Optional[float] = Field(None, gt=0)  # joint mode; default lr / 10
+    av_mode: Literal["video", "av"] = "video"  # the expert reads lips only, or lips and speech
 
     @model_validator(mode="after")
     def _default_run_dir(self) -> "TrainConfig":
         if self.run_dir is None:
             self.run_dir = Path("runs") / f"{self.dataset}-{self.animator}"
+        return self
+
+    @model_validator(mode="after")
+    def _check_av(self) -> "TrainConfig":
+        if self.av_loss and self.expert is None:
+            raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
+        if not self.av_loss and self.lambda_mse == 0 and self.lip_weight == 0:
+            raise ValueError("all loss weights are 0: nothing to train (add --av-loss or a weight)")
         return self
 
 

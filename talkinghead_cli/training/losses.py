@@ -2,13 +2,19 @@
 
 DESIGN.md §1: L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv. The animators compute L_mse
 (and CodeTalker its VQ terms) themselves; the trainer adds L_rlv, the MSE over the lip
-vertices, here. L_av (the lip-reading expert) arrives with the expert.
-Shapes: B batch, T frames, V vertices, N lip vertices.
+vertices, and L_av, the lip-reading expert's joint CTC/attention loss on lip windows
+rendered from the predicted meshes (:func:`av_loss`, :class:`AVLoss`), here.
+Shapes: B batch, T frames, V vertices, N lip vertices, F faces, S audio samples.
 """
 
 from __future__ import annotations
 
+from typing import Literal, Sequence
+
 import torch
+
+from talkinghead_cli.lipreader.losses import ExpertLoss, expert_loss
+from talkinghead_cli.lipreader.views import lip_video
 
 
 def lip_vertex_loss(pred: torch.Tensor, target: torch.Tensor, lip: torch.Tensor) -> torch.Tensor:
@@ -26,17 +32,94 @@ def lip_vertex_loss(pred: torch.Tensor, target: torch.Tensor, lip: torch.Tensor)
 
 
 def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
-               lip: torch.Tensor | None, lip_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """The animator's loss plus ``lip_weight`` × L_rlv (when lip indices are known).
+               lip: torch.Tensor | None, lip_weight: float, *, mse_weight: float = 1.0,
+               av: ExpertLoss | None = None, av_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av.
+
+    L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given.
+    A weight of 0 drops its term from the graph.
 
     Returns:
-        (loss scalar, logs {"loss", "lip"}).
+        (loss scalar, logs {"loss", "mse", and "lip", "av", "ctc", "ce" when present}).
     """
-    logs = {}
-    loss = model_loss
+    logs = {"mse": float(model_loss.detach())}
+    loss = mse_weight * model_loss if mse_weight != 1.0 else model_loss
     if lip is not None and lip_weight > 0 and pred is not None:
         rlv = lip_vertex_loss(pred, target, lip)
         loss = loss + lip_weight * rlv
         logs["lip"] = float(rlv.detach())
+    if av is not None:
+        if av_weight > 0:
+            loss = loss + av_weight * av.loss
+        logs.update(av=float(av.loss.detach()), ctc=float(av.ctc.detach()), ce=float(av.ce.detach()))
     logs["loss"] = float(loss.detach())
     return loss, logs
+
+
+def av_loss(pred: torch.Tensor, window_from: torch.Tensor, faces: torch.Tensor, lip: torch.Tensor,
+            fps: float, expert, targets: Sequence[Sequence[int]], *, audio: torch.Tensor | None = None,
+            mode: Literal["video", "av"] = "video", ctc_weight: float = 0.1, label_smoothing: float = 0.1,
+            reduction: Literal["sum", "mean"] = "sum", **render_kw) -> ExpertLoss:
+    """L_av = ctc_weight·L_ctc + (1 − ctc_weight)·L_ce of the expert reading the predicted lips.
+
+    Predicted meshes are rendered (in float32, outside autocast) into normalised 25 fps lip
+    windows through the windows of ``window_from`` (the ground truth, so prediction and
+    ground truth are seen through the same window), read by ``expert`` visual-only
+    (``mode="video"``) or audio-visually (``mode="av"``, with ``audio``), and scored against
+    the transcript tokens with teacher forcing. Differentiable w.r.t. ``pred`` through the
+    shading and the soft outlines of the renderer.
+
+    Args:
+        pred: (B, T, V, 3) predicted meshes at ``fps``.
+        window_from: (B, T', V, 3) ground-truth meshes (only their lip window is used).
+        faces: (F, 3) long; lip: (N,) long lip vertex indices.
+        expert: a :class:`~talkinghead_cli.lipreader.model.LipReader`.
+        targets: B token lists (no blank / sos / eos).
+        audio: (B, S) waveform at the expert's sample rate (``mode="av"`` only).
+        render_kw: passed to :func:`~talkinghead_cli.lipreader.views.lip_video` (sigma, ...).
+    Returns:
+        :class:`~talkinghead_cli.lipreader.losses.ExpertLoss` (loss, ctc, ce scalars, accuracy).
+    """
+    if mode == "av" and audio is None:
+        raise ValueError("mode 'av' needs the audio")
+    t = min(pred.shape[1], window_from.shape[1])
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        video = lip_video(pred[:, :t].float(), faces, lip, fps, window_from=window_from[:, :t].float(),
+                          **render_kw)
+    return expert_loss(expert, targets, video=video, audio=audio if mode == "av" else None, mode=mode,
+                       ctc_weight=ctc_weight, label_smoothing=label_smoothing, reduction=reduction)
+
+
+class AVLoss(torch.nn.Module):
+    """The expert as a loss module: holds the expert (a submodule, so DDP and ``.to`` see it),
+    the mesh faces and lip indices, and the loss settings.
+
+    ``frozen=True``: the expert stays in eval mode and its parameters take no gradient (the
+    gradient still flows through it to the lip video and the meshes). ``frozen=False``
+    (joint): the expert trains with the animator (dropout on, parameters optimised).
+    """
+
+    def __init__(self, expert, faces: torch.Tensor, lip: torch.Tensor, fps: float, *, frozen: bool = True,
+                 mode: Literal["video", "av"] = "video", ctc_weight: float = 0.1,
+                 label_smoothing: float = 0.1, reduction: Literal["sum", "mean"] = "sum"):
+        super().__init__()
+        self.expert = expert
+        self.register_buffer("faces", torch.as_tensor(faces).long(), persistent=False)
+        self.register_buffer("lip", torch.as_tensor(lip).long(), persistent=False)
+        self.fps, self.frozen, self.mode = float(fps), frozen, mode
+        self.kw = dict(ctc_weight=ctc_weight, label_smoothing=label_smoothing, reduction=reduction)
+        if frozen:
+            expert.requires_grad_(False)
+        self.train(True)
+
+    def train(self, mode: bool = True) -> "AVLoss":
+        super().train(mode)
+        if self.frozen:
+            self.expert.eval()
+        return self
+
+    def forward(self, pred: torch.Tensor, window_from: torch.Tensor, targets: Sequence[Sequence[int]],
+                audio: torch.Tensor | None = None) -> ExpertLoss:
+        """pred: (B, T, V, 3), window_from: (B, T', V, 3), audio: (B, S) -> ExpertLoss."""
+        return av_loss(pred, window_from, self.faces, self.lip, self.fps, self.expert, targets,
+                       audio=audio, mode=self.mode, **self.kw)

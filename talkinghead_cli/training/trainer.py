@@ -12,6 +12,13 @@ validation LVE improved) atomically, plus ``metrics.json``. ``resume=True`` cont
 from ``last.pt``: an interrupted run loses at most the epoch in progress. Shuffling and
 dropout are seeded per epoch (``seed``, epoch), so a resumed run follows the same
 course as an uninterrupted one.
+
+With ``av_loss`` (stage 2 of the paper) a lip-reading expert guides the animator:
+L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv, L_av being the expert's joint CTC/attention
+loss on lip windows rendered from the predicted meshes against the utterance's
+transcript (:class:`~talkinghead_cli.training.losses.AVLoss`). The expert is frozen
+(default) or trained jointly at its own, lower learning rate; validation then also
+reports the expert's visual-only CER/WER (greedy CTC) on the predicted meshes.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
-from talkinghead_cli.training.losses import total_loss
+from talkinghead_cli.training.losses import AVLoss, total_loss
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -64,14 +71,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _TrainStep(torch.nn.Module):
-    """Routes ``training_loss`` through ``forward`` so DDP's gradient hooks see it."""
+    """Routes ``training_loss`` (and the AV loss) through ``forward`` so DDP's gradient
+    hooks see the animator and, in joint mode, the expert."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, av: AVLoss | None = None):
         super().__init__()
         self.model = model
+        self.av = av
 
-    def forward(self, audio, template, style, target):
-        return self.model.training_loss(audio, template, style, target)
+    def forward(self, audio, template, style, target, tokens=None, expert_audio=None):
+        """-> (model loss, model logs, pred (1, T, V, 3), ExpertLoss or None)."""
+        model_loss, logs, pred = self.model.training_loss(audio, template, style, target)
+        av = None
+        if self.av is not None and tokens is not None:
+            av = self.av(pred, target, [tokens], expert_audio)
+        return model_loss, logs, pred, av
 
 
 @dataclass
@@ -154,11 +168,17 @@ def _batch(item: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2) -> dict[str, float]:
+def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2,
+             av: "_AV | None" = None) -> dict[str, float]:
     """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does.
 
-    CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions.
+    CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions. With ``av``
+    also ``av_cer`` / ``av_wer``: the expert reading the predicted lips visual-only (greedy
+    CTC, windows from the ground truth), pooled over the utterances.
     """
+    from talkinghead_cli.text_metrics import ErrorRate
+
+    rates = ErrorRate()
     model.eval()
     corpus = dataset.corpus
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
@@ -172,12 +192,18 @@ def validate(model, dataset: SequenceDataset, device: torch.device, stage: int =
         else:
             pred = model.predict(audio, template, style, num_frames=verts.shape[1])
         acc.add(pred[0].float().cpu(), item["verts"], item["template"])
+        if av is not None:
+            rates.add(av.read_lips(pred, verts), av.texts[item["id"]])
     model.train()
-    return acc.result()
+    result = acc.result()
+    if av is not None and rates.count:
+        result.update(av_cer=rates.cer, av_wer=rates.wer)
+    return result
 
 
 def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset, order: list[int],
-               cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None]) -> float:
+               cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None],
+               av: "_AV | None" = None) -> float:
     """One pass over ``order``; returns the mean training loss."""
     losses = []
     opt.zero_grad(set_to_none=True)
@@ -185,17 +211,20 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
         group_start = i - i % cfg.batch_size
         group_size = min(cfg.batch_size, len(order) - group_start)
         last_in_group = i == group_start + group_size - 1
-        audio, template, style, verts = _batch(data[idx], device)
+        item = data[idx]
+        audio, template, style, verts = _batch(item, device)
+        av_in = av.inputs(item, device) if av is not None else {}
         sync = step_module.no_sync() if ddp and not last_in_group else contextlib.nullcontext()
         with sync:
             with autocast():
-                model_loss, _, pred = step_module(audio, template, style, verts)
-                loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight)
+                model_loss, _, pred, av_out = step_module(audio, template, style, verts, **av_in)
+                loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight, mse_weight=cfg.lambda_mse,
+                                        av=av_out, av_weight=cfg.lambda_av)
             scaler.scale(loss / group_size).backward()
         if last_in_group:
             if cfg.grad_clip:
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
@@ -226,9 +255,12 @@ def _load_resume(cfg: TrainConfig) -> dict | None:
     return ckpt
 
 
-def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, best, improved) -> None:
+def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, best, improved,
+          av: "_AV | None" = None) -> None:
     state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
              "history": history, "best": best}
+    if av is not None:
+        state["av"] = av.record(cfg)
     payload = _payload(model, acfg, cfg, corpus, state)
     run_dir = Path(cfg.run_dir)
     if improved:
@@ -243,7 +275,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | Non
 
     Args:
         progress: called with (sequences done, total sequences) over all epochs.
-        log: called with ``{"event": "start"|"epoch", ...}`` dicts (epoch, loss, val metrics).
+        log: called with ``{"event": "start"|"epoch", ...}`` dicts (epoch, loss, val metrics);
+            also ``"init"``, ``"expert"`` (the AV loss's expert) and ``"warning"`` (``message``).
     """
     device = resolve_device(cfg.device)
     d, device = _init_distributed(device)
@@ -259,7 +292,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     if resumed is not None:
         cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items()
                                      if k in ("lr", "batch_size", "grad_clip", "lip_weight", "seed",
-                                              "encoder", "animator_options", "keep_60fps")})
+                                              "encoder", "animator_options", "keep_60fps", *_AV_KEYS)})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
     torch.manual_seed(cfg.seed)
     model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
@@ -267,7 +300,8 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     model.to(device)
     if resumed is None:
         _init_weights(model, acfg, cfg, log if d.main else (lambda e: None))
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    av = _setup_av(cfg, corpus, acfg, device, resumed, log if d.main else (lambda e: None))
+    opt = _optimizer(cfg, model, av)
     autocast, scaler = _autocast(device, cfg)
     start, history, best = 0, [], {}
     if resumed is not None:
@@ -277,7 +311,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
                                 dict(resumed["extra"]["best"]))
     ddp = d.world > 1
-    step_module = _TrainStep(model)
+    step_module = _TrainStep(model, None if av is None else av.module)
     if ddp:
         ids = [device.index] if device.type == "cuda" else None
         step_module = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=ids,
@@ -301,25 +335,27 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
             report(progress if d.main else None, done + counter["i"], total)
 
         loss = _run_epoch(step_module, model, opt, scaler, autocast, train_ds,
-                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick)
+                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick, av)
         if d.main:
             history, best = _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device,
-                                          epoch, loss, history, best, log)
+                                          epoch, loss, history, best, log, av)
         if ddp:
             dist.barrier()
     return TrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history)
 
 
-def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, loss, history, best, log):
+def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, loss, history, best, log,
+                  av=None):
     """Validate, record, save last (and best) checkpoints; rank 0 only."""
-    val = validate(model, val_ds, device, acfg.stage if acfg.kind == "codetalker" else 2) if len(val_ds) else {}
+    stage = acfg.stage if acfg.kind == "codetalker" else 2
+    val = validate(model, val_ds, device, stage, av) if len(val_ds) else {}
     score = val.get("lve", loss)
     improved = not best or score < best["score"]
     entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
     history = history + [entry]
     if improved:
         best = {"epoch": epoch + 1, "score": score, "on": "val_lve" if val else "train_loss", **entry}
-    _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved)
+    _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved, av)
     log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
     return history, best
 
@@ -357,3 +393,153 @@ def _check_corpus_matches(acfg, corpus: Corpus, cfg: TrainConfig) -> None:
     if acfg.num_verts != corpus.num_verts or list(acfg.subjects) != list(corpus.train_subjects):
         raise UserError("the dataset does not match the run being resumed (vertex count or subjects)",
                         cfg.data_root, "resume with the dataset the run was started on")
+
+
+# ----------------------------------------------------------------------------- audio-visual loss
+
+_AV_KEYS = ("av_loss", "expert", "lambda_mse", "lambda_av", "av_ctc_weight", "av_label_smoothing",
+            "av_reduction", "expert_mode", "expert_lr", "av_mode")
+
+
+def read_transcripts(corpus: Corpus) -> dict[str, str]:
+    """{utterance id: transcript} of every utterance that has one.
+
+    Sources, first found wins: an ``Utterance.text`` attribute; the synthetic corpus's
+    ``manifest.json`` (``utterances[].text``); ``sentencestext/<subject>.txt`` (line n =
+    sentence n, as ``avtalk synth`` writes it); ``sentencestext/<subject>/sentenceNN.txt``.
+    """
+    texts: dict[str, str] = {}
+    manifest = (corpus.extra or {}).get("manifest")
+    if manifest is not None and Path(manifest).exists():
+        for entry in json.loads(Path(manifest).read_text()).get("utterances", []):
+            if entry.get("text"):
+                texts[str(entry["id"])] = str(entry["text"])
+    lines: dict[str, list[str]] = {}
+    folder = Path(corpus.root) / "sentencestext"
+    for u in corpus.utterances:
+        if getattr(u, "text", None):
+            texts[u.id] = str(u.text)
+        if u.id in texts:
+            continue
+        if u.subject not in lines:
+            f = folder / f"{u.subject}.txt"
+            lines[u.subject] = f.read_text(encoding="utf-8").splitlines() if f.is_file() else []
+        one = folder / u.subject / f"sentence{u.sentence:02d}.txt"
+        if 1 <= u.sentence <= len(lines[u.subject]) and lines[u.subject][u.sentence - 1].strip():
+            texts[u.id] = lines[u.subject][u.sentence - 1].strip()
+        elif one.is_file():
+            texts[u.id] = one.read_text(encoding="utf-8").strip()
+    return texts
+
+
+@dataclass
+class _AV:
+    """What the AV loss needs at each step: the loss module (expert inside), the tokenizer,
+    token ids and transcripts per utterance id, and the expert's audio rate and path."""
+
+    module: AVLoss
+    tokenizer: Any
+    tokens: dict[str, list[int]]
+    texts: dict[str, str]
+    sample_rate: int
+    corpus_rate: int
+    path: Path
+
+    def inputs(self, item: dict, device) -> dict:
+        """Keyword arguments of ``_TrainStep.forward`` for one dataset item."""
+        audio = None
+        if self.module.mode == "av":
+            wave = item["audio"].numpy()
+            if self.corpus_rate != self.sample_rate:
+                from talkinghead_cli.audio import resample
+
+                wave = resample(wave, self.corpus_rate, self.sample_rate)
+            audio = torch.as_tensor(wave, dtype=torch.float32)[None].to(device)
+        return {"tokens": self.tokens[item["id"]], "expert_audio": audio}
+
+    def read_lips(self, pred: torch.Tensor, verts: torch.Tensor) -> str:
+        """Greedy-CTC visual-only transcript of pred (1, T, V, 3), windows from verts (1, T', V, 3)."""
+        from talkinghead_cli.lipreader.decode import recognize
+        from talkinghead_cli.lipreader.views import lip_video
+
+        t = min(pred.shape[1], verts.shape[1])
+        m = self.module
+        video = lip_video(pred[:, :t].float(), m.faces, m.lip, m.fps, window_from=verts[:, :t].float())
+        return recognize(m.expert, self.tokenizer, video=video, mode="video", method="ctc")[0]
+
+    def record(self, cfg: TrainConfig) -> dict:
+        """What a run checkpoint keeps about the expert (its weights too when trained jointly)."""
+        out = {"expert": str(self.path), "vocabulary": list(self.tokenizer.vocabulary),
+               "lambda_mse": cfg.lambda_mse, "lambda_av": cfg.lambda_av, "lambda_rlv": cfg.lip_weight,
+               "lambda_ctc": cfg.av_ctc_weight, "lambda_ce": 1.0 - cfg.av_ctc_weight,
+               "label_smoothing": cfg.av_label_smoothing, "reduction": cfg.av_reduction,
+               "expert_mode": cfg.expert_mode, "av_mode": cfg.av_mode}
+        if not self.module.frozen:
+            out["expert_state_dict"] = self.module.expert.state_dict()
+        return out
+
+
+def _tokenize_all(tokenizer, texts: dict[str, str], ids: list[str], log: LogFn) -> dict[str, list[int]]:
+    """Token ids per utterance; what normalisation or the vocabulary dropped is reported once."""
+    dropped: list[str] = []
+    tokens = {}
+    for uid in ids:
+        ids_, gone = tokenizer.encode(texts[uid])
+        unknown = [i for i in ids_ if i == tokenizer.unk]
+        dropped += [c for c in gone if c not in dropped]
+        if unknown and "<unk>" not in dropped:
+            dropped.append("<unk>")
+        tokens[uid] = [i for i in ids_ if i != tokenizer.unk]
+        if not tokens[uid]:
+            raise UserError(f"the transcript of {uid} has nothing the expert can read: {texts[uid]!r}",
+                            None, "fix the transcript or drop the utterance")
+    if dropped:
+        msg = f"transcripts: characters outside the expert's vocabulary dropped: {' '.join(map(repr, dropped))}"
+        log({"event": "warning", "message": msg})
+    return tokens
+
+
+def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | None, log: LogFn) -> _AV | None:
+    """Load and check the expert and the transcripts for ``--av-loss`` (None without it)."""
+    if not cfg.av_loss:
+        return None
+    from talkinghead_cli.lipreader.checkpoint import load_expert
+
+    saved = (resumed or {}).get("extra", {}).get("av")
+    if not Path(cfg.expert).is_file():
+        raise UserError("the expert checkpoint was not found", cfg.expert,
+                        "pass --expert RUN_DIR/best.pt from avtalk finetune-expert")
+    expert, tokenizer, _ = load_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None)
+    mods = expert.config.modalities
+    if mods == "audio" or (cfg.av_mode == "av" and mods != "av"):
+        raise UserError(f"the expert reads {mods!r}, --av-mode {cfg.av_mode} needs "
+                        f"{'lips' if mods == 'audio' else 'lips and speech'}", cfg.expert,
+                        "pass an expert trained on lip video (finetune-expert --modalities av)")
+    if corpus.faces is None or corpus.lip_indices is None:
+        raise UserError("--av-loss renders the lips: the dataset needs mesh faces and regions/lve.txt",
+                        cfg.data_root, "pass --faces-from MESH and add regions/lve.txt")
+    texts = read_transcripts(corpus)
+    needed = [u.id for u in corpus.utterances if u.split in ("train", "val")]
+    missing = [uid for uid in needed if uid not in texts]
+    if missing:
+        raise UserError(f"--av-loss needs a transcript per utterance; {len(missing)} have none "
+                        f"(e.g. {missing[0]})", Path(corpus.root) / "sentencestext",
+                        "add sentencestext/<subject>.txt (line n = sentence n)")
+    tokens = _tokenize_all(tokenizer, texts, needed, log)
+    if saved and "expert_state_dict" in saved:
+        expert.load_state_dict(saved["expert_state_dict"])
+    module = AVLoss(expert, torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices), corpus.fps,
+                    frozen=cfg.expert_mode == "frozen", mode=cfg.av_mode, ctc_weight=cfg.av_ctc_weight,
+                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction).to(device)
+    log({"event": "expert", "path": str(cfg.expert), "mode": cfg.expert_mode, "modalities": mods})
+    return _AV(module, tokenizer, tokens, texts, int(expert.config.sample_rate), int(acfg.sample_rate),
+               Path(cfg.expert))
+
+
+def _optimizer(cfg: TrainConfig, model, av: _AV | None) -> torch.optim.Optimizer:
+    """Adam over the animator at ``lr`` and, in joint mode, the expert at ``expert_lr`` (lr / 10)."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if av is not None and not av.module.frozen:
+        groups.append({"params": [p for p in av.module.expert.parameters() if p.requires_grad],
+                       "lr": cfg.expert_lr or cfg.lr / 10})
+    return torch.optim.Adam(groups, lr=cfg.lr)

@@ -23,7 +23,7 @@ from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.losses import AVLoss, av_loss, total_loss
-from talkinghead_cli.training.trainer import _TrainStep, _build_model, read_transcripts, train
+from talkinghead_cli.training.trainer import _TrainStep, _build_model, _setup_av, read_transcripts, train
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {V.TRAIN_SUBJECTS[0]: [1, 2], V.VAL_SUBJECTS[0]: [21]}
@@ -152,6 +152,21 @@ def test_train_av_loss_alone_writes_checkpoints_with_the_expert(corpus, expert_p
     # the expert was trained jointly: its saved weights moved away from the file's
     start = load_checkpoint(expert_path, kind="expert")["state_dict"]
     assert any(not torch.equal(v, start[k]) for k, v in av["expert_state_dict"].items())
+
+
+def test_lip_windows_are_rendered_as_the_expert_was_trained(corpus, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "e64.pt"
+    render = {"size": 64, "margin": 0.5, "sigma": 0.7, "video_fps": 25.0}
+    save_expert(path, build_expert(tiny_config(modalities="video")), CharTokenizer(), {"render": render})
+    cfg = TrainConfig(dataset="vocaset", data_root=corpus, faces_from=corpus / "templates" / "FLAME_sample.ply",
+                      av_loss=True, expert=path)
+    data = open_corpus("vocaset", corpus, faces_from=cfg.faces_from)
+    _, acfg = _build_model(cfg, data, None)
+    av = _setup_av(cfg, data, acfg, torch.device("cpu"), None, lambda e: None)
+    assert av.module.render == render
+    item = SequenceDataset(data, data.split("val"))[0]
+    assert isinstance(av.read_lips(item["verts"][None], item["verts"][None]), str)
 
 
 def test_missing_transcripts_are_a_user_error(tmp_path, expert_path):

@@ -92,7 +92,7 @@ def av_loss(pred: torch.Tensor, window_from: torch.Tensor, faces: torch.Tensor, 
 
 class AVLoss(torch.nn.Module):
     """The expert as a loss module: holds the expert (a submodule, so DDP and ``.to`` see it),
-    the mesh faces and lip indices, and the loss settings.
+    the mesh faces and lip indices, the loss settings and the lip-window render settings.
 
     ``frozen=True``: the expert stays in eval mode and its parameters take no gradient (the
     gradient still flows through it to the lip video and the meshes). ``frozen=False``
@@ -101,13 +101,16 @@ class AVLoss(torch.nn.Module):
 
     def __init__(self, expert, faces: torch.Tensor, lip: torch.Tensor, fps: float, *, frozen: bool = True,
                  mode: Literal["video", "av"] = "video", ctc_weight: float = 0.1,
-                 label_smoothing: float = 0.1, reduction: Literal["sum", "mean"] = "sum"):
+                 label_smoothing: float = 0.1, reduction: Literal["sum", "mean"] = "sum",
+                 render: dict | None = None):
         super().__init__()
         self.expert = expert
         self.register_buffer("faces", torch.as_tensor(faces).long(), persistent=False)
         self.register_buffer("lip", torch.as_tensor(lip).long(), persistent=False)
         self.fps, self.frozen, self.mode = float(fps), frozen, mode
         self.kw = dict(ctc_weight=ctc_weight, label_smoothing=label_smoothing, reduction=reduction)
+        #: lip_video settings (size, margin, sigma, video_fps): those the expert was trained with
+        self.render = dict(render or {})
         if frozen:
             expert.requires_grad_(False)
         self.train(True)
@@ -122,4 +125,4 @@ class AVLoss(torch.nn.Module):
                 audio: torch.Tensor | None = None) -> ExpertLoss:
         """pred: (B, T, V, 3), window_from: (B, T', V, 3), audio: (B, S) -> ExpertLoss."""
         return av_loss(pred, window_from, self.faces, self.lip, self.fps, self.expert, targets,
-                       audio=audio, mode=self.mode, **self.kw)
+                       audio=audio, mode=self.mode, **self.kw, **self.render)

@@ -464,7 +464,8 @@ class _AV:
 
         t = min(pred.shape[1], verts.shape[1])
         m = self.module
-        video = lip_video(pred[:, :t].float(), m.faces, m.lip, m.fps, window_from=verts[:, :t].float())
+        video = lip_video(pred[:, :t].float(), m.faces, m.lip, m.fps, window_from=verts[:, :t].float(),
+                          **m.render)
         return recognize(m.expert, self.tokenizer, video=video, mode="video", method="ctc")[0]
 
     def record(self, cfg: TrainConfig) -> dict:
@@ -509,7 +510,9 @@ def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | No
     if not Path(cfg.expert).is_file():
         raise UserError("the expert checkpoint was not found", cfg.expert,
                         "pass --expert RUN_DIR/best.pt from avtalk finetune-expert")
-    expert, tokenizer, _ = load_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None)
+    expert, tokenizer, ckpt = load_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None)
+    trained_on = (ckpt.get("extra") or {}).get("render") or {}  # finetune-expert's lip-window settings
+    render = {k: trained_on[k] for k in ("size", "margin", "sigma", "video_fps") if k in trained_on}
     mods = expert.config.modalities
     if mods == "audio" or (cfg.av_mode == "av" and mods != "av"):
         raise UserError(f"the expert reads {mods!r}, --av-mode {cfg.av_mode} needs "
@@ -530,7 +533,7 @@ def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | No
         expert.load_state_dict(saved["expert_state_dict"])
     module = AVLoss(expert, torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices), corpus.fps,
                     frozen=cfg.expert_mode == "frozen", mode=cfg.av_mode, ctc_weight=cfg.av_ctc_weight,
-                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction).to(device)
+                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction, render=render).to(device)
     log({"event": "expert", "path": str(cfg.expert), "mode": cfg.expert_mode, "modalities": mods})
     return _AV(module, tokenizer, tokens, texts, int(expert.config.sample_rate), int(acfg.sample_rate),
                Path(cfg.expert))

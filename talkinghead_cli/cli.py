@@ -337,3 +337,68 @@ def score_cmd(
         out.print(f"note: {note}", highlight=False, soft_wrap=True)
     if json_path is not None:
         out.print(f"{json_path}", highlight=False, soft_wrap=True)
+
+
+# --- finetune-expert (owner: expert training) ---
+
+
+@app.command("finetune-expert")
+def finetune_expert_cmd(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="vocaset, biwi or synthetic."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="The dataset folder (FaceFormer layout, with transcripts)."),
+    run_dir: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/DATASET-expert]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 30]."),
+    expert_checkpoint: Optional[Path] = typer.Option(None, "--expert-checkpoint", help="Start from an avtalk expert .pt or an Auto-AVSR .pth/.ckpt."),
+    size: Optional[str] = typer.Option(None, "--size", help="tiny or base [default: the checkpoint's, else tiny]."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="av or video [default: the checkpoint's, else av]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON/YAML file whose values the flags override."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of AdamW [default: 1e-3]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Utterances per padded batch [default: 4]."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder of rendered lip windows [default: RUN_DIR/cache]."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Keep rendered windows in memory only."),
+    faces_from: Optional[Path] = typer.Option(None, "--faces-from", help="Mesh file giving the dataset's faces."),
+) -> None:
+    """Train the lip-reading expert on lip windows rendered from ground-truth meshes (stage 1)."""
+    from talkinghead_cli.config import ExpertTrainConfig, build_config, read_config_file
+    from talkinghead_cli.lipreader.train import finetune_expert
+
+    if cache is not None and no_cache:
+        raise UserError("--cache and --no-cache exclude each other", cache, "pass one of them")
+    base = read_config_file(config) if config else {}
+    flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs,
+                 expert_checkpoint=expert_checkpoint, size=size, modalities=modalities, resume=resume or None,
+                 seed=seed, device=device, lr=lr, batch_size=batch_size, cache_dir=cache,
+                 cache=False if no_cache else None, faces_from=faces_from)
+    cfg = build_config(ExpertTrainConfig, base, flags, config, command="finetune-expert")
+
+    def log(event: dict) -> None:
+        kind = event["event"]
+        if kind == "start":
+            how = f"resuming after epoch {event['epoch']}" if event["resumed"] else "starting"
+            console.print(f"{how}: {event['size']} {event['modalities']} expert, {event['train']} training / "
+                          f"{event['val']} validation utterances on {event['device']}", highlight=False)
+        elif kind == "init" and event["kind"] == "autoavsr":
+            console.print(f"imported Auto-AVSR weights from {event['path']}: {event['loaded']} tensors, "
+                          f"{len(event['missing'])} missing, {len(event['unexpected'])} unexpected", highlight=False)
+            for key in event["missing"][:10] + event["unexpected"][:10]:
+                console.print(f"  {'missing' if key in event['missing'] else 'unexpected'}: {key}", highlight=False)
+        elif kind == "init":
+            console.print(f"initialised from {event['path']}", highlight=False)
+        elif kind == "rendered":
+            where = event["cache"] or "memory"
+            console.print(f"lip windows: {event['rendered']} rendered, {event['cached']} from the cache ({where})",
+                          highlight=False, soft_wrap=True)
+        elif kind == "epoch":
+            val = "  ".join(f"{k.split('_')[1].upper()} ({k.split('_')[2]}) {v:.3f}"
+                            for k, v in event.items() if k.startswith("val_"))
+            mark = "  [green]best[/green]" if event["best"] else ""
+            console.print(f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4g}  {val}{mark}",
+                          highlight=False, soft_wrap=True)
+
+    with progress_bar("expert", unit="utterances") as progress:
+        result = finetune_expert(cfg, progress=progress, log=log)
+    best = f", best epoch {result.best_epoch}" if result.best_epoch else ""
+    out.print(f"{result.run_dir} (last.pt, best.pt{best})", highlight=False, soft_wrap=True)

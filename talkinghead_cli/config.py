@@ -161,6 +161,47 @@ def build_config(cls: type[BaseModel], file_values: dict[str, Any], flags: dict[
         raise UserError(f"invalid setting '{where}': {msg}", source, hint) from e
 
 
+class ExpertTrainConfig(_Strict):
+    """Everything ``avtalk finetune-expert`` needs (stage 1: the lip-reading expert on
+    renders of ground-truth meshes); stored in every checkpoint it writes."""
+
+    dataset: Literal["vocaset", "biwi", "synthetic"]
+    data_root: Path
+    run_dir: Optional[Path] = None  # default runs/<dataset>-expert
+    epochs: int = Field(30, ge=1)
+    expert_checkpoint: Optional[Path] = None  # our expert .pt or a published Auto-AVSR .pth/.ckpt
+    size: Optional[Literal["tiny", "base"]] = None  # default: the checkpoint's, else tiny
+    modalities: Optional[Literal["av", "video"]] = None  # default: the checkpoint's, else av
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.03, ge=0)
+    warmup_steps: int = Field(50, ge=0)  # linear warm-up, then cosine decay to 0
+    batch_size: int = Field(4, ge=1)  # utterances per padded batch
+    grad_clip: Optional[float] = Field(5.0, gt=0)
+    ctc_weight: float = Field(0.1, ge=0, le=1)  # lambda_ctc; lambda_ce = 1 - lambda_ctc
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    loss_reduction: Literal["sum", "mean"] = "mean"
+    p_drop_audio: float = Field(0.5, ge=0, le=1)  # modality dropout (av only): lips alone
+    p_drop_video: float = Field(0.0, ge=0, le=1)  # modality dropout (av only): speech alone
+    window_size: int = Field(88, ge=16)  # lip window side in pixels
+    margin: float = Field(0.3, ge=0)
+    sigma: float = Field(0.5, gt=0)  # soft-edge width of the renderer, pixels
+    cache: bool = True
+    cache_dir: Optional[Path] = None  # default RUN_DIR/cache
+    max_val: Optional[int] = Field(None, ge=1)  # validate on the first N val utterances only
+    seed: int = 0
+    device: str = "auto"
+    faces_from: Optional[Path] = None
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "ExpertTrainConfig":
+        if self.run_dir is None:
+            self.run_dir = Path("runs") / f"{self.dataset}-expert"
+        if self.p_drop_audio + self.p_drop_video > 1:
+            raise ValueError("p_drop_audio + p_drop_video must be at most 1")
+        return self
+
+
 class ScoreConfig(_Strict):
     """Everything ``avtalk score`` needs: one animation (``path``) or a dataset split."""
 

@@ -1,0 +1,447 @@
+"""Stage 1 of the AV-guided pipeline: fine-tune the lip-reading expert on renders of ground truth.
+
+Behind ``avtalk finetune-expert``. Every utterance's ground-truth mesh sequence is rendered
+once, under ``no_grad``, into 88 x 88 normalised grayscale lip windows at 25 fps with
+:func:`~talkinghead_cli.lipreader.views.lip_video` (one window per sequence, taken from the
+sequence itself, exactly as the AV loss later sees ground truth). The windows are cached as
+one float16 ``.npy`` per utterance, named by a hash of the vertex file's bytes and the render
+settings, so later epochs and later runs read them instead of rendering.
+
+Training: padded batches of utterances (``lengths``), the joint loss
+``λ_ctc·CTC + (1-λ_ctc)·CE`` (label-smoothed) of :func:`~talkinghead_cli.lipreader.losses.expert_loss`,
+modality dropout (an ``av`` expert sees lips alone in ``p_drop_audio`` of the samples, so it
+also reads without audio), AdamW with linear warm-up and cosine decay, gradient clipping.
+After every epoch: greedy-CTC CER/WER on the validation split, visual-only (and audio-visual
+for an ``av`` expert); ``RUN_DIR/last.pt`` (and ``best.pt`` when the visual-only CER improved)
+and ``metrics.json`` are written atomically. ``resume=True`` continues from ``last.pt``.
+Shapes: B batch, T frames, V vertices, H x W window, S audio samples, L tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.config import ExpertTrainConfig
+from talkinghead_cli.data.dataset import Corpus, Utterance, open_corpus
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.text_metrics import ErrorRate
+
+LogFn = Callable[[dict[str, Any]], None]
+CACHE_VERSION = 1
+
+
+@dataclass
+class ExpertTrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rendered: int = 0  # utterances this run had to render (not in the cache)
+    cached: int = 0  # utterances this run found in the cache
+
+
+# ----------------------------------------------------------------------------- transcripts
+
+
+def read_transcripts(corpus: Corpus, utterances: list[Utterance]) -> dict[str, str]:
+    """Transcript of each utterance -> {utterance id: text}.
+
+    The synthetic corpus keeps them in ``manifest.json``; VOCASET/BIWI-style folders may carry
+    ``sentencestext/<subject>.txt`` (line n = sentence n), which is read for any corpus.
+    Raises UserError when an utterance has none.
+    """
+    texts: dict[str, str] = {}
+    manifest = corpus.extra.get("manifest")
+    if manifest is not None:
+        for u in json.loads(Path(manifest).read_text()).get("utterances", []):
+            if u.get("text"):
+                texts[str(u["id"])] = str(u["text"])
+    folder = corpus.root / "sentencestext"
+    for u in utterances:
+        if u.id in texts:
+            continue
+        path = folder / f"{u.subject}.txt"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            if 1 <= u.sentence <= len(lines) and lines[u.sentence - 1].strip():
+                texts[u.id] = lines[u.sentence - 1].strip()
+    missing = [u.id for u in utterances if u.id not in texts]
+    if missing:
+        raise UserError(f"no transcript for {len(missing)} utterance(s), e.g. {missing[0]}", folder,
+                        "the expert learns from text: add sentencestext/<subject>.txt (line n = sentence n)")
+    return texts
+
+
+# ----------------------------------------------------------------------------- lip windows
+
+
+def render_settings(cfg: ExpertTrainConfig, corpus: Corpus) -> dict[str, Any]:
+    """Everything that decides the pixels of a cached window (part of the cache key)."""
+    from talkinghead_cli.lipreader.views import VIDEO_FPS
+
+    return {"version": CACHE_VERSION, "size": cfg.window_size, "margin": cfg.margin, "sigma": cfg.sigma,
+            "video_fps": VIDEO_FPS, "fps": float(corpus.fps), "frame_step": int(corpus.frame_step),
+            "backend": "auto", "normalized": True}
+
+
+def render_windows(verts: torch.Tensor, faces: torch.Tensor, lip_idx: torch.Tensor, fps: float,
+                   settings: dict[str, Any]) -> torch.Tensor:
+    """One ground-truth sequence -> its lip video, without gradients.
+
+    Args:
+        verts: (T, V, 3) at ``fps``; faces: (F, 3); lip_idx: (R,).
+    Returns:
+        (T25, H, W) float32 normalised windows at 25 fps, on ``verts``' device.
+    """
+    from talkinghead_cli.lipreader.views import lip_video
+
+    with torch.no_grad():
+        video = lip_video(verts[None], faces, lip_idx, fps, size=settings["size"], margin=settings["margin"],
+                          video_fps=settings["video_fps"], sigma=settings["sigma"])
+    return video[0].float()
+
+
+class LipWindowCache:
+    """Lip windows of ground-truth utterances, rendered once and kept as float16 ``.npy`` files.
+
+    ``folder=None`` keeps them in memory for this process only. ``rendered`` / ``hits`` count
+    cache misses and hits.
+    """
+
+    def __init__(self, corpus: Corpus, settings: dict[str, Any], folder: Path | None,
+                 device: torch.device, faces_from_corpus: np.ndarray):
+        if corpus.lip_indices is None:
+            raise UserError("the dataset names no lip vertices (regions/lve.txt)", corpus.root / "regions",
+                            "add regions/lve.txt with the lip vertex indices")
+        self.corpus, self.settings, self.folder, self.device = corpus, settings, folder, device
+        self.faces = torch.as_tensor(faces_from_corpus, dtype=torch.long, device=device)
+        self.lip_idx = torch.as_tensor(corpus.lip_indices, dtype=torch.long, device=device)
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(faces_from_corpus, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(corpus.lip_indices, dtype=np.int64).tobytes())
+        self._settings_hash = h.hexdigest()
+        self._memory: dict[str, np.ndarray] = {}
+        self.rendered = self.hits = 0
+
+    def key(self, utt: Utterance) -> str:
+        """Hash of the vertex file's bytes and the render settings."""
+        h = hashlib.sha256(self._settings_hash.encode())
+        h.update(Path(utt.verts).read_bytes())
+        return h.hexdigest()[:32]
+
+    def path(self, utt: Utterance) -> Path | None:
+        return None if self.folder is None else self.folder / f"{utt.id}-{self.key(utt)}.npy"
+
+    def get(self, utt: Utterance) -> np.ndarray:
+        """(T25, H, W) float16 windows of ``utt`` (rendered on a miss)."""
+        if utt.id in self._memory:
+            return self._memory[utt.id]
+        path = self.path(utt)
+        if path is not None and path.exists():
+            try:
+                windows = np.load(path, allow_pickle=False)
+                self.hits += 1
+                return windows
+            except (OSError, ValueError):
+                pass  # a damaged cache file is rendered again
+        windows = self._render(utt)
+        self.rendered += 1
+        if path is None:
+            self._memory[utt.id] = windows
+        else:
+            with atomic_file(path) as tmp:
+                np.save(tmp, windows)
+        return windows
+
+    def _render(self, utt: Utterance) -> np.ndarray:
+        raw = np.load(utt.verts, mmap_mode="r", allow_pickle=False)
+        verts = np.array(raw[:: self.corpus.frame_step], dtype=np.float32).reshape(-1, self.corpus.num_verts, 3)
+        video = render_windows(torch.from_numpy(verts).to(self.device), self.faces, self.lip_idx,
+                               self.corpus.fps, self.settings)
+        return video.cpu().numpy().astype(np.float16)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Sample:
+    utt: Utterance
+    text: str
+    tokens: list[int]
+    audio: np.ndarray | None  # (S,) 16 kHz
+
+
+def collate(samples: list[Sample], cache: LipWindowCache, device: torch.device, with_audio: bool):
+    """Padded batch -> video (B, T, H, W), audio (B, S) or None, lengths (B,), token lists."""
+    wins = [cache.get(s.utt) for s in samples]
+    lengths = torch.tensor([len(w) for w in wins], dtype=torch.long)
+    t = int(lengths.max())
+    video = torch.zeros(len(wins), t, *wins[0].shape[1:])
+    for i, w in enumerate(wins):
+        video[i, : len(w)] = torch.from_numpy(w.astype(np.float32))
+    audio = None
+    if with_audio:
+        from talkinghead_cli.lipreader.config import SAMPLES_PER_FRAME
+
+        audio = torch.zeros(len(wins), t * SAMPLES_PER_FRAME)
+        for i, s in enumerate(samples):
+            a = s.audio[: int(lengths[i]) * SAMPLES_PER_FRAME]
+            audio[i, : len(a)] = torch.from_numpy(a)
+        audio = audio.to(device)
+    return video.to(device), audio, lengths.to(device), [s.tokens for s in samples]
+
+
+def _samples(corpus: Corpus, utts: list[Utterance], tokenizer, texts: dict[str, str],
+             with_audio: bool) -> list[Sample]:
+    from talkinghead_cli.audio import load_audio
+    from talkinghead_cli.lipreader.config import SAMPLE_RATE
+
+    out = []
+    for u in utts:
+        ids, _ = tokenizer.encode(texts[u.id])
+        if not ids:
+            raise UserError(f"the transcript of {u.id} has no letters the expert knows", u.wav,
+                            "fix the transcript")
+        audio = load_audio(u.wav, SAMPLE_RATE) if with_audio else None
+        out.append(Sample(u, texts[u.id], ids, audio))
+    return out
+
+
+# ----------------------------------------------------------------------------- expert
+
+
+def _peek(path: Path) -> dict | None:
+    """The checkpoint dict when ``path`` is an avtalk checkpoint, None for anything else."""
+    if not path.exists():
+        raise UserError("expert checkpoint not found", path, "check --expert-checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read the expert checkpoint ({type(e).__name__})", path,
+                        "pass an avtalk expert .pt or an Auto-AVSR .pth") from e
+    return obj if isinstance(obj, dict) and "format_version" in obj and "kind" in obj else None
+
+
+def build_or_load_expert(cfg: ExpertTrainConfig, device: torch.device, log: LogFn):
+    """-> (model, tokenizer, resolved size, resolved modalities). See ``--expert-checkpoint``."""
+    from talkinghead_cli.lipreader import build_expert, config_for_size
+    from talkinghead_cli.lipreader.checkpoint import load_expert
+    from talkinghead_cli.lipreader.import_autoavsr import import_autoavsr
+    from talkinghead_cli.lipreader.tokenizer import CharTokenizer
+
+    path = cfg.expert_checkpoint
+    if path is None:
+        tok = CharTokenizer()
+        size, mods = cfg.size or "tiny", cfg.modalities or "av"
+        model = build_expert(config_for_size(size, len(tok), mods))
+    else:
+        path = Path(path)
+        ours = _peek(path)
+        if ours is not None:
+            if ours["kind"] != "expert":
+                raise UserError(f"this is an {ours['kind']} checkpoint, not a lip-reading expert", path,
+                                "pass an expert from `avtalk finetune-expert` or an Auto-AVSR file")
+            model, tok, _ = load_expert(path, size=cfg.size)
+            log({"event": "init", "path": str(path), "kind": "avtalk"})
+        else:
+            model, rep = import_autoavsr(path)
+            tok = CharTokenizer()
+            if model.config.vocab_size != len(tok):
+                raise UserError(f"the checkpoint predicts {model.config.vocab_size} tokens, fine-tuning "
+                                f"uses the {len(tok)}-token character vocabulary", path,
+                                "pass an expert trained with the character vocabulary")
+            log({"event": "init", "path": str(path), "kind": "autoavsr", "loaded": rep.loaded,
+                 "missing": rep.missing, "unexpected": rep.unexpected})
+        size, mods = model.config.size, model.config.modalities
+        if mods == "audio" or (cfg.modalities is not None and cfg.modalities != mods):
+            raise UserError(f"the expert reads {mods!r}, {cfg.modalities or 'lips'!r} was asked for", path,
+                            f"pass --modalities {mods} or another checkpoint" if mods != "audio"
+                            else "pass an audio-visual or visual-only expert")
+    drops = ({"p_drop_audio": cfg.p_drop_audio, "p_drop_video": cfg.p_drop_video} if mods == "av"
+             else {"p_drop_audio": 0.0, "p_drop_video": 0.0})
+    model.config = model.config.model_copy(update=drops)
+    return model.to(device), tok, size, mods
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def lr_at(step: int, total: int, cfg: ExpertTrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 at ``total``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, total - cfg.warmup_steps)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, samples: list[Sample], cache: LipWindowCache, device, mode: str,
+             batch_size: int = 8) -> tuple[ErrorRate, list[tuple[str, str]]]:
+    """Greedy-CTC recognition of ``samples`` in ``mode`` ("video" or "av") -> (rates, [(hyp, ref)])."""
+    from talkinghead_cli.lipreader.decode import recognize
+
+    rates, pairs = ErrorRate(), []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i: i + batch_size]
+        video, audio, lengths, _ = collate(chunk, cache, device, mode == "av")
+        hyps = recognize(model, tokenizer, video, audio, lengths, mode=mode, method="ctc")
+        for h, s in zip(hyps, chunk):
+            rates.add(h, s.text)
+            pairs.append((h, s.text))
+    return rates, pairs
+
+
+def _train_epoch(model, opt, samples, cache, cfg, device, mods, epoch, steps_per_epoch, total_steps,
+                 tick) -> float:
+    from talkinghead_cli.lipreader.losses import expert_loss
+
+    model.train()
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    losses = []
+    for k in range(steps_per_epoch):
+        batch = [samples[j] for j in order[k * cfg.batch_size: (k + 1) * cfg.batch_size].tolist()]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(epoch * steps_per_epoch + k, total_steps, cfg)
+        video, audio, lengths, targets = collate(batch, cache, device, mods == "av")
+        out = expert_loss(model, targets, video=video, audio=audio, lengths=lengths, mode=mods,
+                          ctc_weight=cfg.ctc_weight, label_smoothing=cfg.label_smoothing,
+                          reduction=cfg.loss_reduction)
+        if not torch.isfinite(out.loss):
+            raise UserError(f"the training loss became {float(out.loss)}", cfg.run_dir, "lower --lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(float(out.loss.detach()))
+        tick(len(batch))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
+    last = Path(cfg.run_dir) / "last.pt"
+    if not cfg.resume:
+        if last.exists():
+            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
+                            "pass --resume to continue it, or -o a new folder")
+        return None
+    if not last.exists():
+        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
+                        "drop --resume to start a new run, or pass the run's -o folder")
+    from talkinghead_cli.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(last, kind="expert")
+    saved = ckpt.get("extra", {}).get("train", {})
+    if str(saved.get("dataset")) != cfg.dataset:
+        raise UserError(f"the run was trained on {saved.get('dataset')}, not {cfg.dataset}", last,
+                        f"pass --dataset {saved.get('dataset')} or another -o folder")
+    return ckpt
+
+
+def _save(cfg, model, tok, corpus, settings, opt, epoch, history, best, improved, size, mods) -> None:
+    from talkinghead_cli.lipreader.checkpoint import save_expert
+
+    extra = {"epoch": epoch, "optimizer": opt.state_dict(), "metrics": history[-1], "history": history,
+             "best": best, "train": cfg.model_dump(mode="json") | {"size": size, "modalities": mods},
+             "render": settings, "lip_indices": torch.as_tensor(np.asarray(corpus.lip_indices)),
+             "data_fps": float(corpus.fps), "dataset": corpus.name}
+    run_dir = Path(cfg.run_dir)
+    if improved:
+        save_expert(run_dir / "best.pt", model, tok, extra)
+    save_expert(run_dir / "last.pt", model, tok, extra)
+    with atomic_file(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+
+
+def _validate(model, tok, val, cache, device, mods) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if not val:
+        return out
+    for mode in ("video", "av") if mods == "av" else ("video",):
+        rates, _ = evaluate(model, tok, val, cache, device, mode)
+        out[f"cer_{mode}"], out[f"wer_{mode}"] = rates.cer, rates.wer
+    return out
+
+
+def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
+                    log: LogFn | None = None) -> ExpertTrainResult:
+    """Train the lip-reading expert as ``cfg`` says; see the module docstring.
+
+    Args:
+        progress: (utterances done, total): first the renders still to do, then every epoch's
+            training utterances.
+        log: called with ``{"event": "start"|"init"|"rendered"|"epoch", ...}``.
+    """
+    from talkinghead_cli.lipreader.checkpoint import load_expert
+    from talkinghead_cli.training.trainer import resolve_device
+
+    log = log or (lambda e: None)
+    device = resolve_device(cfg.device)
+    resumed = _load_resume(cfg)
+    corpus = open_corpus(cfg.dataset, cfg.data_root, faces_from=cfg.faces_from)
+    if corpus.faces is None:
+        raise UserError("the dataset carries no mesh faces to render", cfg.data_root,
+                        "pass --faces-from MESH with the dataset's topology")
+    train_utts, val_utts = corpus.split("train"), corpus.split("val")[: cfg.max_val]
+    texts = read_transcripts(corpus, train_utts + val_utts)
+    torch.manual_seed(cfg.seed)
+    if resumed is None:
+        model, tok, size, mods = build_or_load_expert(cfg, device, log)
+    else:
+        model, tok, _ = load_expert(Path(cfg.run_dir) / "last.pt", device=device)
+        size, mods = model.config.size, model.config.modalities
+        model.train()
+    settings = render_settings(cfg, corpus)
+    folder = None if not cfg.cache else Path(cfg.cache_dir or Path(cfg.run_dir) / "cache")
+    cache = LipWindowCache(corpus, settings, folder, device, corpus.faces)
+    train_s = _samples(corpus, train_utts, tok, texts, mods == "av")
+    val_s = _samples(corpus, val_utts, tok, texts, mods == "av")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history, best = 0, [], {}
+    if resumed is not None:
+        opt.load_state_dict(resumed["extra"]["optimizer"])
+        start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
+                                dict(resumed["extra"]["best"]))
+    steps = math.ceil(len(train_s) / cfg.batch_size)
+    todo = train_s + val_s
+    total = len(todo) + (cfg.epochs - start) * len(train_s)
+    log({"event": "start", "epoch": start, "epochs": cfg.epochs, "train": len(train_s), "val": len(val_s),
+         "device": str(device), "size": size, "modalities": mods, "resumed": resumed is not None})
+    for i, s in enumerate(todo):  # render (or find in the cache) every window once
+        cache.get(s.utt)
+        report(progress, i + 1, total)
+    rendered, cached = cache.rendered, cache.hits
+    log({"event": "rendered", "rendered": rendered, "cached": cached,
+         "cache": None if folder is None else str(folder)})
+    done = {"n": len(todo)}
+
+    def tick(n: int) -> None:
+        done["n"] += n
+        report(progress, done["n"], total)
+
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        loss = _train_epoch(model, opt, train_s, cache, cfg, device, mods, epoch, steps, cfg.epochs * steps, tick)
+        val = _validate(model, tok, val_s, cache, device, mods)
+        score = val.get("cer_video", loss)
+        improved = not best or score < best["score"]
+        entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
+        history = history + [entry]
+        if improved:
+            best = {"epoch": epoch + 1, "score": score, "on": "val_cer_video" if val else "train_loss", **entry}
+        _save(cfg, model, tok, corpus, settings, opt, epoch + 1, history, best, improved, size, mods)
+        log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
+    return ExpertTrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history,
+                             rendered, cached)

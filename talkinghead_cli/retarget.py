@@ -41,6 +41,9 @@ MAX_ERROR = 0.02  # refuse when the p95 alignment error exceeds 2 % of the templ
 FALLOFF = (0.01, 0.04)  # full motion below 1 %, none beyond 4 % of the diagonal
 MIN_LANDMARKS = 4
 _ICP_POINTS = 600
+# Non-rigid ICP schedule (stiffness, landmark weight, normal weight, iterations): trimesh's
+# default weights with at most 5 iterations per step.
+NRICP_STEPS = [[0.01, 10, 0.5, 5], [0.02, 5, 0.5, 5], [0.03, 2.5, 0.5, 5], [0.01, 0, 0.0, 5]]
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Retargeting:
         rotation: (3, 3), scale: float, translation: (3,): ``x_user = scale * rotation @ x_src + translation``.
         error: ``{"mean": .., "p95": ..}`` alignment error relative to the template diagonal.
         falloff: (Vu,) motion weight of each user vertex in [0, 1].
-        method: ``"automatic"`` or ``"landmarks"``.
+        method: ``"automatic"`` or ``"landmarks"``; nonrigid: the template was bent onto the mesh.
         source: the model's template the mapping was built for (set by :func:`for_checkpoint`).
     """
 
@@ -63,6 +66,7 @@ class Retargeting:
     error: dict = field(default_factory=dict)
     falloff: np.ndarray = field(default_factory=lambda: np.zeros(0))
     method: str = "automatic"
+    nonrigid: bool = False
     source: Mesh | None = None  # the model's template, when built for a checkpoint
 
     def transfer(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -111,7 +115,7 @@ class Retargeting:
         return out.astype(np.float32)
 
     def info(self) -> dict:
-        return {"method": self.method, "scale": float(self.scale),
+        return {"method": self.method, "nonrigid": self.nonrigid, "scale": float(self.scale),
                 "alignment_error": {k: float(v) for k, v in self.error.items()},
                 "moving_vertices": int((self.falloff > 0).sum()),
                 "num_verts": int(self.weights.shape[0])}
@@ -179,7 +183,7 @@ def closest_on_surface(mesh, points: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def closest_facing(mesh, points: np.ndarray, normals: np.ndarray, penalty: float,
-                   neighbours: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   neighbours: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closest surface points that face the same way as the query points.
 
     Where two surfaces touch (closed upper and lower lips) the plain closest triangle may be
@@ -288,6 +292,40 @@ def align_landmarks(source: Mesh, user: Mesh, pairs: np.ndarray, region: np.ndar
     return _icp(_region_points(source, region, _ICP_POINTS, seed=1), _trimesh(user), m, 30)
 
 
+def main_surface(mesh: Mesh, share: float = 0.1) -> np.ndarray:
+    """Faces (indices) of the connected components holding at least ``share`` of the surface
+    area: the skin, without eyeballs, teeth or tongue."""
+    import trimesh
+
+    tm = _trimesh(mesh)
+    labels = trimesh.graph.connected_component_labels(tm.face_adjacency, node_count=len(mesh.faces))
+    area = np.bincount(labels, weights=tm.area_faces)
+    return np.flatnonzero(area[labels] >= share * area.sum())
+
+
+def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray | None:
+    """Source vertices placed by ``matrix`` in the user's frame, then the main surface bent
+    onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``), so that mouth,
+    nose and eyes of another face shape meet. Returns (Vt, 3), or None if it fails."""
+    from trimesh.registration import nricp_amberg
+
+    placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+    faces = source.faces[main_surface(source)]
+    idx = np.unique(faces)
+    remap = np.full(source.num_verts, -1)
+    remap[idx] = np.arange(len(idx))
+    sub = _trimesh(Mesh(placed[idx], remap[faces]))
+    size = float(np.linalg.norm(np.ptp(placed[idx], axis=0)))
+    try:
+        bent = np.asarray(nricp_amberg(sub, _trimesh(user), distance_threshold=0.05 * size, steps=NRICP_STEPS))
+    except (np.linalg.LinAlgError, ValueError, RuntimeError):
+        return None
+    if bent.shape != (len(idx), 3) or not np.isfinite(bent).all():
+        return None
+    placed[idx] = bent
+    return placed
+
+
 # ----------------------------------------------------------------------------- landmarks file
 
 
@@ -342,8 +380,9 @@ def smooth_falloff(rel_dist: np.ndarray, inner: float, outer: float) -> np.ndarr
 def barycentric_weights(source: Mesh, points: np.ndarray, normals: np.ndarray,
                         falloff: tuple[float, float] = FALLOFF):
     """Sparse barycentric interpolation from the source surface to ``points`` (N, 3) with
-    unit ``normals`` (N, 3), both in the source frame; triangles facing away from a point's
-    normal are avoided (:func:`closest_facing`).
+    unit ``normals`` (N, 3), in one frame; triangles facing away from a point's normal are
+    avoided (:func:`closest_facing`). Distances for the falloff are relative to the source's
+    bounding-box diagonal.
 
     Returns (W (N, Vt) CSR with rows of barycentrics x falloff, falloff (N,), distance (N,))."""
     import trimesh
@@ -364,7 +403,7 @@ def barycentric_weights(source: Mesh, points: np.ndarray, normals: np.ndarray,
 
 def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None,
                       landmarks: np.ndarray | None = None, max_error: float = MAX_ERROR,
-                      user_path: str | Path | None = None) -> Retargeting:
+                      user_path: str | Path | None = None, nonrigid: bool = True) -> Retargeting:
     """Align ``user`` to the model's template ``source`` and cache the vertex mapping.
 
     Args:
@@ -372,7 +411,10 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
         region: source vertex indices of the face (lips + upper face) used for alignment and
             its error; None uses every vertex.
         landmarks: (N, 2) (user vertex, source vertex) pairs for the initial transform.
-        max_error: refuse when the p95 relative alignment error exceeds it.
+        max_error: refuse when the p95 relative alignment error (of the similarity
+            transform, before any bending) exceeds it.
+        nonrigid: bend the model's template onto the user's mesh (:func:`refine_nonrigid`)
+            before mapping, so faces of other proportions map mouth to mouth.
     Raises:
         UserError: the mesh is not face-like (alignment error over ``max_error``).
     """
@@ -391,10 +433,13 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
                         f"of the face size (95th percentile; at most {100 * max_error:.1f} % accepted)",
                         user_path, hint)
     rot, scale, trans = _split(matrix)
-    in_source = (user.verts.astype(np.float64) - trans) @ rot / scale  # row form of R^T (x - t) / s
-    normals = np.asarray(_trimesh(user).vertex_normals) @ rot  # rotated into the source frame
-    w, fall, _ = barycentric_weights(source, in_source, normals)
-    return Retargeting(w, rot, scale, trans, err, fall, method)
+    placed = refine_nonrigid(source, user, matrix) if nonrigid else None
+    bent = placed is not None
+    if not bent:
+        placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+    w, fall, _ = barycentric_weights(Mesh(placed, source.faces), user.verts.astype(np.float64),
+                                     np.asarray(_trimesh(user).vertex_normals))
+    return Retargeting(w, rot, scale, trans, err, fall, method, bent)
 
 
 def for_checkpoint(ckpt: dict, user: Mesh, template_path: str | Path | None = None,

@@ -26,13 +26,19 @@ def rig():
     return load_rig()
 
 
-def _user_copy(rig, seed=0):
-    """The rig's head, subdivided (original vertices first), jittered, rotated, rescaled, moved."""
+def _user_copy(rig, seed=0, other_face=False):
+    """The rig's head, subdivided (original vertices first), jittered, rotated, rescaled, moved;
+    with ``other_face`` also of other proportions (12 % wider, lower face 15 % shorter)."""
     keep = np.flatnonzero(rig.head[rig.faces].all(axis=1))
     head = np.flatnonzero(rig.head)
     remap = np.full(rig.num_verts, -1)
     remap[head] = np.arange(len(head))
-    v, f = trimesh.remesh.subdivide(rig.template[head], remap[rig.faces[keep]])
+    p = rig.template[head].astype(np.float64)
+    if other_face:
+        p[:, 0] = p[:, 0].mean() + 1.12 * (p[:, 0] - p[:, 0].mean())
+        mouth_y = rig.template[rig.lip_indices, 1].mean()
+        p[:, 1] = np.where(p[:, 1] < mouth_y, mouth_y + 0.85 * (p[:, 1] - mouth_y), p[:, 1])
+    v, f = trimesh.remesh.subdivide(p, remap[rig.faces[keep]])
     v = v + np.random.default_rng(seed).normal(0, 2e-4, v.shape)
     return Mesh((SCALE * v @ ROT.T + SHIFT).astype(np.float32), f), head
 
@@ -41,19 +47,19 @@ def _region(rig):
     return np.union1d(rig.lip_indices, rig.upper_face_indices)
 
 
-def test_remeshed_rotated_rescaled_face_moves_its_mouth_not_its_forehead(rig):
-    user, head = _user_copy(rig)
+def test_remeshed_rotated_rescaled_other_face_moves_its_mouth_not_its_forehead(rig):
+    user, head = _user_copy(rig, other_face=True)
     source = Mesh(rig.template, rig.faces)
     rt = build_retargeting(source, user, _region(rig))
-    assert np.abs(rt.rotation - ROT).max() < 0.03 and rt.scale == pytest.approx(SCALE, rel=0.01)
-    assert rt.error["p95"] < 0.005 and rt.info()["method"] == "automatic"
+    assert np.abs(rt.rotation - ROT).max() < 0.05 and rt.scale == pytest.approx(SCALE, rel=0.1)
+    assert rt.error["p95"] < 0.015 and rt.method == "automatic" and rt.nonrigid
     weights = np.zeros((2, len(rig.names)), np.float32)
     weights[1, rig.index("jawOpen")] = 1.0
     pred = rig.pose(weights)  # (2, V, 3): neutral, then the jaw open
     anim = rt.transfer(pred, rig.template, user.verts)
     assert np.abs(anim[0] - user.verts).max() < 1e-6  # the neutral frame is the user's mesh
     # back in the model's frame and scale, the user's copies of the head vertices move as they do
-    moved = (anim[1] - user.verts)[: len(head)] @ ROT / SCALE
+    moved = (anim[1] - user.verts)[: len(head)] @ rt.rotation / rt.scale
     src = pred[1, head] - rig.template[head]
     lips = np.searchsorted(head, np.intersect1d(rig.lip_indices, head))
     upper = np.searchsorted(head, np.intersect1d(rig.upper_face_indices, head))
@@ -74,9 +80,9 @@ def test_landmarks_give_the_same_alignment(rig, tmp_path):
     path = tmp_path / "marks.json"
     path.write_text(json.dumps({"pairs": pairs}))
     marks = read_landmarks(path, user.num_verts, rig.num_verts)
-    rt = build_retargeting(source, user, _region(rig), landmarks=marks)
+    rt = build_retargeting(source, user, _region(rig), landmarks=marks, nonrigid=False)
     assert rt.method == "landmarks" and np.abs(rt.rotation - ROT).max() < 0.03
-    assert rt.scale == pytest.approx(SCALE, rel=0.01)
+    assert rt.scale == pytest.approx(SCALE, rel=0.01) and rt.error["p95"] < 0.005
 
 
 @pytest.mark.parametrize("shape", ["box", "torus"])
@@ -205,7 +211,7 @@ def test_cli_retargets_and_exports(checkpoint, speech, tmp_path, capsys):
                   "--format", "obj,gltf,npz", "--no-video")
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "retargeted (automatic alignment)" in captured.out and "morph targets" in captured.out
+    assert "retargeted (automatic alignment + non-rigid)" in captured.out and "morph targets" in captured.out
     verts = np.load(out / "vertices.npy")
     assert verts.shape == (18, len(v), 3)
     assert len(list((out / "meshes").glob("*.obj"))) == 18 and (out / "sequence.npz").exists()

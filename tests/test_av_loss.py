@@ -169,6 +169,23 @@ def test_lip_windows_are_rendered_as_the_expert_was_trained(corpus, tmp_path):
     assert isinstance(av.read_lips(item["verts"][None], item["verts"][None]), str)
 
 
+def test_resume_keeps_the_av_setup_and_checks_the_vocabulary(corpus, expert_path, tmp_path):
+    base = dict(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "run",
+                faces_from=corpus / "templates" / "FLAME_sample.ply")
+    train(TrainConfig(**base, epochs=1, av_loss=True, expert=expert_path, lambda_av=1e-3, expert_mode="joint"))
+    # resumed without repeating the AV options: they come from the run
+    result = train(TrainConfig(**base, epochs=2, resume=True))
+    assert len(result.history) == 2 and "val_av_cer" in result.history[-1]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt", kind="animator")
+    assert ckpt["extra"]["av"]["lambda_av"] == 1e-3 and ckpt["extra"]["av"]["expert_mode"] == "joint"
+    # another expert whose vocabulary differs from the run's is refused
+    vocab = CharTokenizer().vocabulary
+    other = CharTokenizer(vocab[:3] + vocab[4:])  # no apostrophe
+    save_expert(tmp_path / "other.pt", build_expert(tiny_config(vocab_size=len(other), modalities="video")), other)
+    with pytest.raises(UserError, match="vocabulary"):
+        train(TrainConfig(**base, epochs=3, resume=True, av_loss=True, expert=tmp_path / "other.pt"))
+
+
 def test_missing_transcripts_are_a_user_error(tmp_path, expert_path):
     root = write_toy_corpus(tmp_path / "c", SUBJECTS, seconds=0.3)
     cfg = TrainConfig(dataset="vocaset", data_root=root, run_dir=tmp_path / "run", epochs=1,

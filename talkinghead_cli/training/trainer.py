@@ -290,9 +290,9 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | Non
 def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
-        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items()
-                                     if k in ("lr", "batch_size", "grad_clip", "lip_weight", "seed",
-                                              "encoder", "animator_options", "keep_60fps", *_AV_KEYS)})
+        keep = ("lr", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
+                "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
+        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
     torch.manual_seed(cfg.seed)
     model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])

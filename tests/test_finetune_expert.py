@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
 
 def _cfg(corpus, run_dir, **kw):
     base = dict(dataset="vocaset", data_root=corpus, run_dir=run_dir, epochs=2, device="cpu",
-                batch_size=3, warmup_steps=0)
+                batch_size=3, warmup_steps=0, window_size=32)  # small windows keep the tests quick
     return ExpertTrainConfig(**{**base, **kw})
 
 
@@ -82,10 +82,10 @@ def test_cached_windows_are_the_rendered_ones_and_are_reused(corpus, tmp_path):
     u = c.split("train")[0]
     verts = torch.from_numpy(np.load(u.verts)[:: c.frame_step].reshape(-1, c.num_verts, 3).astype(np.float32))
     faces, lip = torch.as_tensor(c.faces), torch.as_tensor(c.lip_indices)
-    want = lip_video(verts[None], faces, lip, c.fps)[0]
+    want = lip_video(verts[None], faces, lip, c.fps, size=32)[0]
     cache = LipWindowCache(c, render_settings(_cfg(corpus, tmp_path), c), cache_dir, torch.device("cpu"), c.faces)
     got = torch.from_numpy(cache.get(u).astype(np.float32))
-    assert cache.rendered == 0 and got.shape == want.shape == (15, 88, 88)
+    assert cache.rendered == 0 and got.shape == want.shape == (15, 32, 32)
     assert torch.allclose(got, want, atol=2e-2)
     # other render settings give another key (no stale windows)
     other = LipWindowCache(c, render_settings(_cfg(corpus, tmp_path, margin=0.5), c), cache_dir,

@@ -230,3 +230,58 @@ def test_sentencestext_files_give_transcripts(world):
     finally:
         (folder / f"{TEST}.txt").unlink()
         folder.rmdir()
+
+
+@pytest.fixture(scope="module")
+def reader(world):
+    """A tiny visual-only expert overfit to the rendered ground truth of the two test utterances."""
+    from talkinghead_cli.lipreader import LipReader
+    from talkinghead_cli.lipreader.decode import recognize
+    from talkinghead_cli.lipreader.losses import expert_loss
+    from talkinghead_cli.score import lip_clip
+
+    corpus, texts = world["corpus"], json.loads(world["texts"].read_text())
+    faces, lip = torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices)
+    utts = corpus.split("test")
+    render = {"size": 32, "margin": 0.2}  # stored with the expert: score must render the same way
+    video = torch.cat([lip_clip(torch.from_numpy(np.load(u.verts).reshape(-1, 162, 3)[::2].copy()),
+                                faces, lip, corpus.fps, **render) for u in utts])
+    tok = CharTokenizer()
+    targets = [tok.encode(texts[u.id])[0] for u in utts]
+    torch.manual_seed(0)
+    cfg = tiny_config(modalities="video", dropout=0.0)
+    cfg.video_encoder.dropout = cfg.video_encoder.attn_dropout = 0.0
+    model = LipReader(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    want = [texts[u.id] for u in utts]
+    for step in range(300):
+        model.train()
+        loss = expert_loss(model, targets, video=video, ctc_weight=0.3, reduction="mean").loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 5 == 4 and recognize(model, tok, video=video, method="ctc") == want:
+            break
+    print(f"reader fit in {step + 1} steps")
+    assert recognize(model, tok, video=video, method="ctc") == want, f"not fit in {step + 1} steps"
+    return save_expert(world["root"] / "reader.pt", model.eval(), tok, {"render": render})
+
+
+def test_an_expert_that_knows_the_clips_reads_them_back(world, reader, tmp_path, capsys):
+    """Score's render -> read path matches the expert's: ground truth reads with CER 0."""
+    gt = world["gt"]
+    np.save(tmp_path / "gt.npy", gt)
+    assert avtalk("score", tmp_path / "gt.npy", "--transcript", "A cat.", "--expert", reader,
+                  "-c", world["animator"], "--json", tmp_path / "one.json") == 0, capsys.readouterr()
+    one = json.loads((tmp_path / "one.json").read_text())["readings"][0]
+    assert one["hypothesis"] == "a cat" and one["cer"] == one["wer"] == one["ver"] == 0.0
+    # "gat" looks like "cat" on the lips (k, g: one viseme): only the text rates count the error
+    assert avtalk("score", tmp_path / "gt.npy", "--transcript", "a gat", "--expert", reader,
+                  "-c", world["animator"], "--json", tmp_path / "bat.json") == 0
+    bat = json.loads((tmp_path / "bat.json").read_text())["readings"][0]
+    assert bat["cer"] == pytest.approx(1 / 5) and bat["wer"] == 0.5 and bat["ver"] == 0.0
+    assert avtalk("score", "--dataset", "vocaset", "--data-root", world["data"], "-c", world["animator"],
+                  "--expert", reader, "--transcripts", world["texts"], "--json", tmp_path / "t.json") == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert rows[0]["name"] == "ground truth" and rows[0]["cer"] == 0.0
+    assert rows[1]["cer"] > 0  # the untrained animator does not move the lips

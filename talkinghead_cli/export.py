@@ -159,7 +159,7 @@ def glb_bytes(neutral: np.ndarray, faces: np.ndarray, morph: MorphTargets, fps: 
         "asset": {"version": "2.0", "generator": "avtalk"},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
-        "nodes": [{"name": name, "mesh": 0, "weights": [0.0] * n}],
+        "nodes": [{"name": name, "mesh": 0}],
         "meshes": [{"name": name, "weights": [0.0] * n, "extras": {"targetNames": names},
                     "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 4,
                                     "targets": targets}]}],

@@ -39,6 +39,11 @@ def test_compression_picks_the_rank_of_the_motion(sphere):
     assert morph.error < 1e-4 and np.abs(morph.weights).max() == pytest.approx(1.0)
     capped = compress_motion(seq - neutral[None], max_targets=1)
     assert capped.targets.shape[0] == 1 and 0.01 < capped.error < 1
+    # long sequences: the basis from a subset of frames, weights for every frame, same result
+    sub = compress_motion(seq, max_targets=32, tolerance=1e-4, max_svd_frames=7, chunk=6, neutral=neutral)
+    assert sub.weights.shape == (20, 2) and sub.error < 1e-4
+    rebuilt = np.einsum("tn,nvc->tvc", sub.weights, sub.targets)
+    assert np.abs(rebuilt - (seq - neutral[None])).max() < 1e-4
 
 
 def test_glb_loads_back_with_morph_targets_and_animation(sphere, tmp_path):

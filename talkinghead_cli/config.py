@@ -47,10 +47,10 @@ class TrainConfig(_Strict):
     av_loss: bool = False
     expert: Optional[Path] = None  # expert checkpoint (avtalk finetune-expert), needed by av_loss
     lambda_mse: float = Field(1.0, ge=0)  # weight of the animator's own loss (vertex MSE)
-    # With summed CTC/CE (as the reference, which used 1e-7 on VOCASET's metre scale), 1e-5 puts
+    # With summed CTC/CE (as the reference, which used 1e-7 on VOCASET's metre scale), 5e-5 puts
     # the gradient of L_av on the lip vertices at about that of L_mse on the synthetic corpus
     # (benchmarks/bench_av_step.py measures the ratio; it depends on the mesh scale).
-    lambda_av: float = Field(1e-5, ge=0)
+    lambda_av: float = Field(5e-5, ge=0)
     av_ctc_weight: float = Field(0.1, ge=0, le=1)  # lambda_ctc; lambda_ce = 1 - lambda_ctc
     av_label_smoothing: float = Field(0.1, ge=0, lt=1)
     av_reduction: Literal["sum", "mean"] = "sum"

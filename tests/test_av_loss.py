@@ -23,7 +23,13 @@ from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.losses import AVLoss, av_loss, total_loss
-from talkinghead_cli.training.trainer import _TrainStep, _build_model, _setup_av, read_transcripts, train
+from talkinghead_cli.training.trainer import (
+    _build_model,
+    _setup_av,
+    _TrainStep,
+    read_transcripts,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJECTS = {V.TRAIN_SUBJECTS[0]: [1, 2], V.VAL_SUBJECTS[0]: [21]}
@@ -170,8 +176,8 @@ def test_lip_windows_are_rendered_as_the_expert_was_trained(corpus, tmp_path):
 
 
 def test_resume_keeps_the_av_setup_and_checks_the_vocabulary(corpus, expert_path, tmp_path):
-    base = dict(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "run",
-                faces_from=corpus / "templates" / "FLAME_sample.ply")
+    base = {"dataset": "vocaset", "data_root": corpus, "run_dir": tmp_path / "run",
+            "faces_from": corpus / "templates" / "FLAME_sample.ply"}
     train(TrainConfig(**base, epochs=1, av_loss=True, expert=expert_path, lambda_av=1e-3, expert_mode="joint"))
     # resumed without repeating the AV options: they come from the run
     result = train(TrainConfig(**base, epochs=2, resume=True))
@@ -196,7 +202,7 @@ def test_missing_transcripts_are_a_user_error(tmp_path, expert_path):
 
 def _avtalk(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "talkinghead_cli", *map(str, args)], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "talkinghead_cli", *map(str, args)], check=False, capture_output=True,
                          text=True, env=env, cwd=REPO)
     return res.returncode, res.stdout + res.stderr
 

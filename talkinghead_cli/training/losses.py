@@ -9,7 +9,8 @@ Shapes: B batch, T frames, V vertices, N lip vertices, F faces, S audio samples.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -108,14 +109,14 @@ class AVLoss(torch.nn.Module):
         self.register_buffer("faces", torch.as_tensor(faces).long(), persistent=False)
         self.register_buffer("lip", torch.as_tensor(lip).long(), persistent=False)
         self.fps, self.frozen, self.mode = float(fps), frozen, mode
-        self.kw = dict(ctc_weight=ctc_weight, label_smoothing=label_smoothing, reduction=reduction)
+        self.kw = {"ctc_weight": ctc_weight, "label_smoothing": label_smoothing, "reduction": reduction}
         #: lip_video settings (size, margin, sigma, video_fps): those the expert was trained with
         self.render = dict(render or {})
         if frozen:
             expert.requires_grad_(False)
         self.train(True)
 
-    def train(self, mode: bool = True) -> "AVLoss":
+    def train(self, mode: bool = True) -> AVLoss:
         super().train(mode)
         if self.frozen:
             self.expert.eval()

@@ -27,9 +27,10 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
 
 
 def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict:
-    as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a))  # noqa: E731
+    as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a))
     return {
         "kind": "animator",
         "config": {"animator": acfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")},
@@ -169,7 +170,7 @@ def _batch(item: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 @torch.no_grad()
 def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2,
-             av: "_AV | None" = None) -> dict[str, float]:
+             av: _AV | None = None) -> dict[str, float]:
     """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does.
 
     CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions. With ``av``
@@ -203,7 +204,7 @@ def validate(model, dataset: SequenceDataset, device: torch.device, stage: int =
 
 def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset, order: list[int],
                cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None],
-               av: "_AV | None" = None) -> float:
+               av: _AV | None = None) -> float:
     """One pass over ``order``; returns the mean training loss."""
     losses = []
     opt.zero_grad(set_to_none=True)
@@ -256,7 +257,7 @@ def _load_resume(cfg: TrainConfig) -> dict | None:
 
 
 def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, best, improved,
-          av: "_AV | None" = None) -> None:
+          av: _AV | None = None) -> None:
     state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
              "history": history, "best": best}
     if av is not None:

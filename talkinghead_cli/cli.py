@@ -318,7 +318,7 @@ def score_cmd(
     if isinstance(result, AnimationScore):
         table = Table(title=f"{result.source}  ({result.frames} frames at {result.fps:g} fps, {result.decoding})")
         for col in ("mode", "hypothesis", "CER", "WER", "VER"):
-            table.add_column(col, justify="left" if col in ("mode", "hypothesis") else "right")
+            table.add_column(col, justify="left" if col in ("mode", "hypothesis") else "right", overflow="fold")
         for r in result.readings:
             table.add_row(r.mode, r.hypothesis or "∅", _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
         out.print(table)
@@ -328,7 +328,7 @@ def score_cmd(
     else:
         table = Table(title=f"{result.dataset} {result.split}: {result.utterances} utterances ({result.decoding})")
         for col in ("model", "LVE", "FDD", "MVE", "CER", "WER", "VER"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+            table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
         for r in result.rows:
             table.add_row(r.name, _fmt(r.lve, ".4g"), _fmt(r.fdd, ".4g"), _fmt(r.mve, ".4g"),
                           _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))

@@ -214,7 +214,7 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
         last_in_group = i == group_start + group_size - 1
         item = data[idx]
         audio, template, style, verts = _batch(item, device)
-        av_in = av.inputs(item, device) if av is not None else {}
+        av_in = av.inputs(item, device) if av is not None and cfg.lambda_av > 0 else {}
         sync = step_module.no_sync() if ddp and not last_in_group else contextlib.nullcontext()
         with sync:
             with autocast():

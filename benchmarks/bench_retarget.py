@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300)
     args = ap.parse_args()
 
-    from test_retarget import _user_copy  # the test's remeshed copy, so figures match the test
+    # the test's remeshed copy of another face shape, so the figures match the test
+    from test_retarget import _user_copy
 
     from talkinghead_cli.data.synthetic.rig import load_rig
     from talkinghead_cli.export import solve_arkit, write_glb

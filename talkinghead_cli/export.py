@@ -338,7 +338,7 @@ def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np
     if "gltf" in formats:
         morph = write_glb(dest / "animation.glb", verts, neutral, faces, fps)
         files.append("animation.glb")
-        info["gltf"] = {"morph_targets": int(len(morph.targets)), "relative_error": morph.error}
+        info["gltf"] = {"morph_targets": len(morph.targets), "relative_error": morph.error}
     if "arkit" in formats:
         if rig is None:
             raise UserError("this model has no ARKit rig", None, "drop arkit from --format")

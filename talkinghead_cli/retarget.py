@@ -201,7 +201,7 @@ def closest_facing(mesh, points: np.ndarray, normals: np.ndarray, penalty: float
     import trimesh
     from scipy.spatial import cKDTree
 
-    _, exact_dist, exact_tri = closest_on_surface(mesh, points)
+    _, _, exact_tri = closest_on_surface(mesh, points)
     _, nn = cKDTree(mesh.vertices).query(points, k=min(neighbours, len(mesh.vertices)))
     cand = np.concatenate([np.asarray(mesh.vertex_faces)[nn.reshape(len(points), -1)].reshape(len(points), -1),
                            exact_tri[:, None]], axis=1)  # (N, C), -1 = padding

@@ -9,8 +9,15 @@ import trimesh
 
 from talkinghead_cli.data.synthetic.rig import ARKIT_NAMES, _accessor, _read_glb
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.export import (checkpoint_rig, compress_motion, parse_formats, solve_arkit,
-                                    solve_arkit_reference, write_arkit, write_glb)
+from talkinghead_cli.export import (
+    checkpoint_rig,
+    compress_motion,
+    parse_formats,
+    solve_arkit,
+    solve_arkit_reference,
+    write_arkit,
+    write_glb,
+)
 
 
 def _sequence(sphere, frames=20, seed=0):

@@ -10,8 +10,15 @@ from scipy.spatial.transform import Rotation
 
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.mesh import Mesh
-from talkinghead_cli.retarget import (axis_hypotheses, build_retargeting, closest_facing,
-                                      closest_facing_reference, closest_on_surface, read_landmarks, smooth_falloff)
+from talkinghead_cli.retarget import (
+    axis_hypotheses,
+    build_retargeting,
+    closest_facing,
+    closest_facing_reference,
+    closest_on_surface,
+    read_landmarks,
+    smooth_falloff,
+)
 
 ROT = Rotation.from_euler("xyz", [20, 130, -30], degrees=True).as_matrix()
 SCALE, SHIFT = 3.0, np.array([1.0, 2.0, 3.0])
@@ -130,10 +137,10 @@ def test_closest_point_matches_brute_force(sphere):
     p, d, _ = closest_on_surface(tm, pts)
     p_ref, d_ref, _ = closest_facing_reference(source.verts, source.faces, pts)
     assert np.abs(d - d_ref).max() < 1e-6 and np.abs(p - p_ref).max() < 1e-5
-    # facing, with outward normals as a real surface has: the same triangles as brute force
+    # facing, with outward normals as a real surface has: the same points as brute force
     normals = pts / np.linalg.norm(pts, axis=1, keepdims=True)
-    p, d, t = closest_facing(tm, pts, normals, penalty=0.05)
-    p_ref, d_ref, t_ref = closest_facing_reference(source.verts, source.faces, pts, normals, penalty=0.05)
+    p, d, _ = closest_facing(tm, pts, normals, penalty=0.05)
+    p_ref, d_ref, _ = closest_facing_reference(source.verts, source.faces, pts, normals, penalty=0.05)
     assert np.abs(d - d_ref).max() < 1e-6 and np.abs(p - p_ref).max() < 1e-5
 
 

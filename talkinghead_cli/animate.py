@@ -288,7 +288,8 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[Anim
     Returns:
         one :class:`AnimationResult` per speech file.
     Raises:
-        UserError: bad checkpoint, template of another topology, unknown style, bad audio.
+        UserError: bad checkpoint, a template that is not a face-like triangle mesh, bad
+            landmarks, a model without a rig for ``arkit``, unknown style, bad audio.
     """
     files = _speech_files(cfg.audio)
     device = resolve_device(cfg.device)

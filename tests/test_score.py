@@ -285,3 +285,16 @@ def test_an_expert_that_knows_the_clips_reads_them_back(world, reader, tmp_path,
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert rows[0]["name"] == "ground truth" and rows[0]["cer"] == 0.0
     assert rows[1]["cer"] > 0  # the untrained animator does not move the lips
+
+
+def test_without_the_cmu_dictionary_ver_is_reported_missing(monkeypatch):
+    from talkinghead_cli import phonemize
+    from talkinghead_cli.errors import UserError
+
+    def missing(text):
+        raise UserError("phonemes (for VER) need the CMU dictionary from pocketsphinx")
+
+    monkeypatch.setattr(phonemize, "text_visemes", missing)
+    tally = TextTally()
+    tally.add("pat", "bat")
+    assert tally.figures() == {"cer": pytest.approx(1 / 3), "wer": 1.0, "ver": None}

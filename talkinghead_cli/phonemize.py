@@ -4,8 +4,9 @@ Words are looked up in the CMU pronouncing dictionary that ships with ``pocketsp
 (first pronunciation, stress digits dropped). A word missing from it (a misspelling in a
 lip reader's hypothesis, a name) is spelled by a letter-to-sound fallback:
 
-1. espeak-ng (``espeakng-loader``), through its ``espeak_TextToPhonemes`` call in IPA,
-   mapped to ARPAbet with :func:`~talkinghead_cli.data.synthetic.phonemes.ipa_to_arpabet`;
+1. espeak-ng (``espeakng-loader``), through its ``espeak_TextToPhonemes`` call in IPA (run
+   in a child process, see :func:`espeak_ipa`), mapped to ARPAbet with
+   :func:`~talkinghead_cli.data.synthetic.phonemes.ipa_to_arpabet`;
 2. when espeak-ng is not installed, a small rule set (:func:`letters_to_sound`:
    digraphs first, then one phoneme per letter), crude but deterministic.
 
@@ -15,10 +16,11 @@ viseme set of Neti / Potamianos et al. 2003; the file documents its source).
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
 import json
 import re
-import threading
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -96,71 +98,82 @@ def letters_to_sound(word: str) -> list[str]:
     return out
 
 
-class _Espeak:
-    """espeak-ng's text-to-phonemes call (IPA) through ctypes; one instance per process."""
+# espeak-ng runs in a child Python process: the library keeps global state (voice, callbacks,
+# synthesis history) that the corpus TTS (data/synthetic/tts.py) relies on being pristine, so
+# this process never initialises it. One child spells all unknown words of a call (~0.1 s).
+_SPELL_SCRIPT = r"""
+import ctypes, json, sys
+import espeakng_loader
+lib = ctypes.CDLL(espeakng_loader.get_library_path())
+lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+if lib.espeak_Initialize(2, 200, espeakng_loader.get_data_path().encode(), 0) < 0:
+    sys.exit(3)
+if lib.espeak_SetVoiceByName(b"en-us") != 0:
+    sys.exit(4)
+out = []
+for word in json.load(sys.stdin):
+    buf = ctypes.c_char_p(word.encode("utf-8"))
+    parts = []
+    while buf.value:
+        res = lib.espeak_TextToPhonemes(ctypes.pointer(buf), 1, 0x02)  # UTF-8 text in, IPA out
+        if res:
+            parts.append(res.decode("utf-8", "replace"))
+    out.append(" ".join(parts))
+json.dump(out, sys.stdout)
+"""
 
-    _lock = threading.Lock()
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-        # AUDIO_OUTPUT_SYNCHRONOUS (no sound device), as the TTS module initialises it
-        if lib.espeak_Initialize(2, 200, espeakng_loader.get_data_path().encode(), 0) < 0:
-            raise RuntimeError("espeak-ng failed to initialise")
-        if lib.espeak_SetVoiceByName(b"en-us") != 0:
-            raise RuntimeError("espeak-ng has no en-us voice")
-        self._lib = lib
-
-    def ipa(self, text: str) -> str:
-        """IPA of ``text`` (clauses joined by spaces)."""
-        buf = ctypes.c_char_p(text.encode("utf-8"))
-        ptr = ctypes.pointer(buf)
-        parts = []
-        with self._lock:
-            while buf.value:
-                res = self._lib.espeak_TextToPhonemes(ptr, 1, 0x02)  # UTF-8 text, IPA out
-                if res:
-                    parts.append(res.decode("utf-8", errors="replace"))
-        return " ".join(parts)
+_SPELLED: dict[str, tuple[str, ...]] = {}
 
 
 @lru_cache(maxsize=1)
-def _espeak() -> _Espeak | None:
-    try:
-        return _Espeak()
-    except (ImportError, OSError, RuntimeError, AttributeError):
-        return None
-
-
 def fallback_backend() -> str:
     """Name of the letter-to-sound fallback in use: ``espeak-ng`` or ``rules``."""
-    return "espeak-ng" if _espeak() is not None else "rules"
+    return "espeak-ng" if importlib.util.find_spec("espeakng_loader") is not None else "rules"
 
 
-@lru_cache(maxsize=4096)
+def espeak_ipa(words: list[str]) -> list[str] | None:
+    """IPA of each word from espeak-ng (en-us) in a child process; None when it cannot run."""
+    if not words or fallback_backend() != "espeak-ng":
+        return None
+    try:
+        done = subprocess.run([sys.executable, "-c", _SPELL_SCRIPT], input=json.dumps(words),
+                              capture_output=True, text=True, timeout=60, check=True)
+        ipa = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError):
+        return None
+    return ipa if isinstance(ipa, list) and len(ipa) == len(words) else None
+
+
+def spell_unknown(words: list[str]) -> None:
+    """Spell the words missing from the dictionary (and not yet spelled), all in one go."""
+    table = cmudict()
+    todo = sorted({w for w in words if w not in table and w not in _SPELLED})
+    if not todo:
+        return
+    ipa = espeak_ipa(todo) or [""] * len(todo)
+    for word, sounds in zip(todo, ipa):
+        phones = [p for p in ipa_to_arpabet(sounds) if p in ARPABET]
+        _SPELLED[word] = tuple(phones) if phones else tuple(letters_to_sound(word))
+
+
 def word_phonemes(word: str) -> tuple[str, ...]:
     """ARPAbet of one lower-case word: the CMU dictionary, else the letter-to-sound fallback."""
     found = cmudict().get(word)
     if found is not None:
         return found
-    engine = _espeak()
-    if engine is not None:
-        phones = [p for p in ipa_to_arpabet(engine.ipa(word)) if p in ARPABET]
-        if phones:
-            return tuple(phones)
-    return tuple(letters_to_sound(word))
+    spell_unknown([word])
+    return _SPELLED[word]
 
 
 def phonemize(text: str) -> list[str]:
     """ARPAbet phonemes of ``text`` (lower-cased words of letters and apostrophes)."""
+    words = _WORD.findall(text.lower())
+    spell_unknown(words)
     out: list[str] = []
-    for word in _WORD.findall(text.lower()):
+    for word in words:
         out += word_phonemes(word)
     return out
 

@@ -38,3 +38,25 @@ def test_rule_fallback_handles_digraphs_and_silent_e():
     assert P.letters_to_sound("buzz") == ["B", "AH", "Z"]
     assert P.letters_to_sound("xqu") == ["K", "S", "K", "W"]
     assert all(p in ARPABET for p in P.letters_to_sound("quickly"))
+
+
+def test_without_espeak_the_rules_spell_unknown_words(monkeypatch):
+    monkeypatch.setattr(P, "fallback_backend", lambda: "rules")
+    monkeypatch.setattr(P, "_SPELLED", {})
+    assert P.espeak_ipa(["glorpt"]) is None
+    assert P.word_phonemes("glorpt") == tuple(P.letters_to_sound("glorpt"))
+
+
+def test_espeak_runs_outside_this_process():
+    """The TTS needs espeak-ng's in-process state untouched: spelling happens in a child."""
+    pytest.importorskip("espeakng_loader")
+    from pathlib import Path
+
+    def loaded() -> bool:
+        maps = Path("/proc/self/maps")
+        return maps.exists() and "libespeak-ng" in maps.read_text()
+
+    before = loaded()
+    ipa = P.espeak_ipa(["zorblaxt", "cat"])
+    assert ipa is not None and len(ipa) == 2 and "k" in ipa[1]
+    assert loaded() == before  # the library was not mapped into this process by the call

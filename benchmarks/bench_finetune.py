@@ -29,8 +29,14 @@ from talkinghead_cli.data.dataset import open_corpus
 from talkinghead_cli.lipreader import build_expert, config_for_size
 from talkinghead_cli.lipreader.losses import expert_loss
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
-from talkinghead_cli.lipreader.train import (LipWindowCache, _samples, collate, evaluate, read_transcripts,
-                                             render_settings)
+from talkinghead_cli.lipreader.train import (
+    LipWindowCache,
+    build_samples,
+    collate,
+    evaluate,
+    read_transcripts,
+    render_settings,
+)
 
 
 def toy_corpus(folder: Path) -> tuple[str, Path]:
@@ -88,7 +94,7 @@ def score(args, corpus, settings, cache_dir, device) -> None:
     utts = corpus.split(args.split)
     if not utts:
         raise SystemExit(f"the corpus has no '{args.split}' utterances")
-    samples = _samples(corpus, utts, tok, read_transcripts(corpus, utts), with_audio=False)
+    samples = build_samples(corpus, utts, tok, read_transcripts(corpus, utts), with_audio=False)
     cache = LipWindowCache(corpus, settings, cache_dir, device, corpus.faces)
     rates, pairs = evaluate(model, tok, samples, cache, device, "video")
     for hyp, ref in pairs[:5]:
@@ -124,7 +130,7 @@ def main() -> None:
         settings = render_settings(ExpertTrainConfig(dataset=dataset, data_root=root), corpus)
         utts = corpus.split("train")[: args.utterances]
         tok = CharTokenizer()
-        samples = _samples(corpus, utts, tok, read_transcripts(corpus, utts), with_audio=args.modalities == "av")
+        samples = build_samples(corpus, utts, tok, read_transcripts(corpus, utts), with_audio=args.modalities == "av")
         cache = bench_render(corpus, samples, settings, tmp / "cache", device)
         model = build_expert(config_for_size(args.size, len(tok), args.modalities)).to(device)
         bench_train(model, samples, cache, args, device, args.modalities)

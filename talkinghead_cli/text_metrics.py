@@ -12,8 +12,8 @@ than averaging per-utterance rates.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 
 def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:

@@ -15,7 +15,12 @@ from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, config_for_size
 from talkinghead_cli.lipreader.checkpoint import load_expert
 from talkinghead_cli.lipreader.import_autoavsr import export_autoavsr_state_dict
-from talkinghead_cli.lipreader.train import LipWindowCache, finetune_expert, render_settings, render_windows
+from talkinghead_cli.lipreader.train import (
+    LipWindowCache,
+    finetune_expert,
+    render_settings,
+    render_windows,
+)
 from talkinghead_cli.lipreader.views import lip_video
 from talkinghead_cli.training.checkpoint import save_checkpoint
 
@@ -34,8 +39,8 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(corpus, run_dir, **kw):
-    base = dict(dataset="vocaset", data_root=corpus, run_dir=run_dir, epochs=2, device="cpu",
-                batch_size=3, warmup_steps=0, window_size=32)  # small windows keep the tests quick
+    base = {"dataset": "vocaset", "data_root": corpus, "run_dir": run_dir, "epochs": 2, "device": "cpu",
+            "batch_size": 3, "warmup_steps": 0, "window_size": 32}  # small windows keep the tests quick
     return ExpertTrainConfig(**{**base, **kw})
 
 
@@ -52,7 +57,7 @@ def test_cli_end_to_end_writes_a_loadable_expert(corpus, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "epoch 2/2" in captured.err and "CER (video)" in captured.err
-    model, tok, ckpt = load_expert(run / "best.pt")
+    model, _tok, ckpt = load_expert(run / "best.pt")
     assert model.config.size == "tiny" and model.config.modalities == "av"
     assert model.config.p_drop_audio == 0.5  # modality dropout on, so it also reads lips alone
     extra = ckpt["extra"]

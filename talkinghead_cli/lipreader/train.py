@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,7 +204,7 @@ def collate(samples: list[Sample], cache: LipWindowCache, device: torch.device, 
     return video.to(device), audio, lengths.to(device), [s.tokens for s in samples]
 
 
-def _samples(corpus: Corpus, utts: list[Utterance], tokenizer, texts: dict[str, str],
+def build_samples(corpus: Corpus, utts: list[Utterance], tokenizer, texts: dict[str, str],
              with_audio: bool) -> list[Sample]:
     from talkinghead_cli.audio import load_audio
     from talkinghead_cli.lipreader.config import SAMPLE_RATE
@@ -406,8 +407,8 @@ def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
     settings = render_settings(cfg, corpus)
     folder = None if not cfg.cache else Path(cfg.cache_dir or Path(cfg.run_dir) / "cache")
     cache = LipWindowCache(corpus, settings, folder, device, corpus.faces)
-    train_s = _samples(corpus, train_utts, tok, texts, mods == "av")
-    val_s = _samples(corpus, val_utts, tok, texts, mods == "av")
+    train_s = build_samples(corpus, train_utts, tok, texts, mods == "av")
+    val_s = build_samples(corpus, val_utts, tok, texts, mods == "av")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history, best = 0, [], {}
     if resumed is not None:

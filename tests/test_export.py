@@ -116,3 +116,25 @@ def test_arkit_files_have_52_named_columns(tmp_path):
 def test_model_without_rig_is_refused():
     with pytest.raises(UserError, match="ARKit rig"):
         checkpoint_rig({"rig": None})
+
+
+def test_checkpoint_payload_carries_the_synthetic_corpus_rig(tmp_path):
+    pytest.importorskip("openfacefx")
+    pytest.importorskip("meshopt")
+    from types import SimpleNamespace
+
+    from talkinghead_cli.data.synthetic.rig import load_rig
+    from talkinghead_cli.export import rig_payload
+
+    rig = load_rig()
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"rig": rig.info()}))
+    corpus = SimpleNamespace(name="synthetic", num_verts=rig.num_verts, extra={"manifest": manifest})
+    payload = rig_payload(corpus)
+    assert payload["name"] == "facecap" and payload["names"] == rig.names
+    assert tuple(payload["basis"].shape) == rig.basis.shape
+    names, basis = checkpoint_rig({"rig": payload})
+    assert names == rig.names
+    assert np.abs(basis - rig.basis).max() < 1e-4  # float16 storage
+    assert rig_payload(SimpleNamespace(name="vocaset", num_verts=rig.num_verts, extra={})) is None
+    assert rig_payload(SimpleNamespace(name="synthetic", num_verts=10, extra={"manifest": manifest})) is None

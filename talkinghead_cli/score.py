@@ -100,10 +100,6 @@ class Expert:
     #: lip-window settings the expert was fine-tuned with (size, margin, sigma, video_fps)
     render: dict = field(default_factory=dict)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def read(self, video: torch.Tensor, audio: torch.Tensor | None = None) -> str:
         """Transcribe one clip. video: (1, T25, H, W) normalised; audio: (1, S) or None."""
         from talkinghead_cli.lipreader.decode import recognize

@@ -249,7 +249,7 @@ def _notes(meta: dict) -> list[str]:
     if meta.get("retarget"):
         r = meta["retarget"]
         e = r["alignment_error"]
-        bent = " + non-rigid" if r.get("nonrigid") else ""
+        bent = (" + non-rigid" if r.get("nonrigid") else "") + (", cached" if r.get("cached") else "")
         notes.append(f"retargeted ({r['method']} alignment{bent}): error {100 * e['mean']:.2f} % mean, "
                      f"{100 * e['p95']:.2f} % p95 of the face size; {r['moving_vertices']} of {r['num_verts']} "
                      "vertices move")

@@ -13,11 +13,16 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
    checkpoint knows them, else all vertices), aligned, to the user's surface, relative to the
    source's size (bounding-box diagonal): mean and 95th percentile. Over ``max_error`` the mesh
    is refused as not face-like.
-3. **Mapping.** Each user vertex, brought into the source frame, is projected onto the source
-   surface; the barycentric coordinates of the closest triangle, times a smooth falloff from 1
-   (on the surface) to 0 (``falloff`` distances away: back of the head, neck, borders), form
-   a sparse (Vu, Vt) matrix ``W``.
-4. **Transfer.** Per frame, ``d_user = s R (W @ (pred - source))``: displacements
+3. **Mapping.** The source, placed in the user's frame, has its main surface (the skin, not
+   eyes or teeth) bent onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``)
+   so that faces of other proportions meet mouth to mouth. Each user vertex takes the
+   barycentric coordinates of its closest bent-source triangle that faces the same way
+   (closed lips map to their own lip), times a smooth falloff from 1 (on the surface) to 0
+   (``FALLOFF`` distances away: back of the head, neck, borders): a sparse (Vu, Vt) matrix ``W``.
+4. **Cache.** ``avtalk animate`` keeps each mapping (sparse weights + transform + figures)
+   under ``~/.cache/avtalk/retarget`` keyed by a hash of both meshes, the region and the
+   landmarks, so a template is aligned once (``AVTALK_CACHE_DIR`` moves or disables it).
+5. **Transfer.** Per frame, ``d_user = s R (W @ (pred - source))``: displacements
    interpolated on the source, rotated and scaled into the user's frame. One sparse matmul
    for all frames.
 
@@ -67,6 +72,7 @@ class Retargeting:
     falloff: np.ndarray = field(default_factory=lambda: np.zeros(0))
     method: str = "automatic"
     nonrigid: bool = False
+    cached: bool = False  # loaded from the mapping cache
     source: Mesh | None = None  # the model's template, when built for a checkpoint
 
     def transfer(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -115,7 +121,7 @@ class Retargeting:
         return out.astype(np.float32)
 
     def info(self) -> dict:
-        return {"method": self.method, "nonrigid": self.nonrigid, "scale": float(self.scale),
+        return {"method": self.method, "nonrigid": self.nonrigid, "cached": self.cached, "scale": float(self.scale),
                 "alignment_error": {k: float(v) for k, v in self.error.items()},
                 "moving_vertices": int((self.falloff > 0).sum()),
                 "num_verts": int(self.weights.shape[0])}
@@ -463,6 +469,68 @@ def for_checkpoint(ckpt: dict, user: Mesh, template_path: str | Path | None = No
     parts = [ckpt[k].numpy() for k in ("lip_indices", "upper_indices") if ckpt.get(k) is not None]
     region = np.unique(np.concatenate(parts)).astype(np.int64) if parts else None
     pairs = None if landmarks_path is None else read_landmarks(landmarks_path, user.num_verts, num_verts)
-    rt = build_retargeting(source, user, region, pairs, user_path=template_path)
+    path = cache_path(source, user, region, pairs)
+    rt = load_cached(path) if path is not None else None
+    if rt is None:
+        rt = build_retargeting(source, user, region, pairs, user_path=template_path)
+        if path is not None:
+            save_cached(path, rt)
     rt.source = source
     return rt
+
+
+# ----------------------------------------------------------------------------- mapping cache
+
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path | None:
+    """Where mappings are kept: ``$AVTALK_CACHE_DIR/retarget`` or
+    ``$XDG_CACHE_HOME/avtalk/retarget`` (``~/.cache/...``); ``AVTALK_CACHE_DIR=off`` disables."""
+    import os
+
+    root = os.environ.get("AVTALK_CACHE_DIR")
+    if root is not None:
+        return None if root.lower() in ("", "0", "off", "none") else Path(root) / "retarget"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "avtalk" / "retarget"
+
+
+def cache_path(source: Mesh, user: Mesh, region: np.ndarray | None, pairs: np.ndarray | None) -> Path | None:
+    """The cache file of one (model template, user mesh, region, landmarks) combination."""
+    import hashlib
+
+    folder = cache_dir()
+    if folder is None:
+        return None
+    h = hashlib.sha256(f"avtalk-retarget-{CACHE_VERSION}-{MAX_ERROR}-{FALLOFF}-{NRICP_STEPS}".encode())
+    for a in (source.verts, source.faces, user.verts, user.faces, region, pairs):
+        h.update(b"none" if a is None else np.ascontiguousarray(a).tobytes() + str(np.asarray(a).shape).encode())
+    return folder / f"{h.hexdigest()[:32]}.npz"
+
+
+def save_cached(path: Path, rt: Retargeting) -> None:
+    """Keep a mapping (atomically); a cache that cannot be written is skipped silently."""
+    from talkinghead_cli.atomic import atomic_file
+
+    w = rt.weights.tocsr()
+    try:
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, data=w.data, indices=w.indices, indptr=w.indptr, shape=np.asarray(w.shape),
+                         rotation=rt.rotation, scale=rt.scale, translation=rt.translation, falloff=rt.falloff,
+                         error=json.dumps(rt.error), method=rt.method, nonrigid=rt.nonrigid)
+    except (OSError, UserError):
+        pass
+
+
+def load_cached(path: Path) -> Retargeting | None:
+    """A kept mapping, or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            w = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+            return Retargeting(w, z["rotation"], float(z["scale"]), z["translation"], json.loads(str(z["error"])),
+                               z["falloff"], str(z["method"]), bool(z["nonrigid"]), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -24,6 +24,11 @@ ROT = Rotation.from_euler("xyz", [20, 130, -30], degrees=True).as_matrix()
 SCALE, SHIFT = 3.0, np.array([1.0, 2.0, 3.0])
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("AVTALK_CACHE_DIR", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def rig():
     pytest.importorskip("openfacefx")
@@ -170,6 +175,26 @@ def test_sparse_transfer_matches_reference_and_falloff(sphere):
     f = smooth_falloff(np.array([0.0, 0.01, 0.025, 0.04, 0.1]), 0.01, 0.04)
     assert f[0] == f[1] == 1 and f[3] == f[4] == 0 and f[2] == pytest.approx(0.5)
     assert len(axis_hypotheses()) == 24
+
+
+def test_mapping_is_cached_per_template(sphere, tmp_path):
+    from talkinghead_cli.retarget import cache_dir, for_checkpoint
+
+    source, user = _sphere_pair(sphere)
+    ckpt = {"config": {"animator": {"num_verts": source.num_verts}}, "template": torch.from_numpy(source.verts),
+            "faces": torch.from_numpy(source.faces)}
+    with pytest.raises(UserError, match="not look like a face"):  # a sphere fits a sphere, but not well enough
+        for_checkpoint(ckpt, Mesh(user.verts * np.array([1, 1, 3], np.float32), user.faces))
+    first = for_checkpoint(ckpt, user)
+    files = list(cache_dir().glob("*.npz"))
+    assert len(files) == 1 and not first.cached and first.source is not None
+    second = for_checkpoint(ckpt, user)
+    assert second.cached and (second.weights != first.weights).nnz == 0
+    assert second.info()["alignment_error"] == first.info()["alignment_error"]
+    assert np.array_equal(second.rotation, first.rotation) and second.nonrigid == first.nonrigid
+    files[0].write_bytes(b"garbage")  # a broken cache entry is rebuilt
+    assert not for_checkpoint(ckpt, user).cached
+    assert for_checkpoint(ckpt, user).cached
 
 
 # ----------------------------------------------------------------------------- the CLI

@@ -6,6 +6,12 @@ import torch
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Keep caches (e.g. retargeting maps) out of the user's ~/.cache during tests."""
+    monkeypatch.setenv("AVTALK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "avtalk-cache"))
+
+
 @pytest.fixture
 def sphere():
     """A small closed triangle mesh (642 vertices)."""

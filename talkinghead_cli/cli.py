@@ -32,7 +32,7 @@ app = typer.Typer(
     help="Speech-driven 3D face animation with lip-reading guidance.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)
@@ -157,7 +157,7 @@ def render_cmd(
 def train_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="vocaset, biwi or synthetic."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="The dataset folder (FaceFormer layout)."),
-    run_dir: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/<dataset>-<animator>]."),
+    run_dir: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder [default: runs/DATASET-ANIMATOR]."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
     animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),

@@ -387,18 +387,9 @@ def corpus_transcripts(corpus, transcripts: Path | None) -> dict[str, str]:
             raise UserError("the transcripts file is not a JSON object", transcripts,
                             'write {"<utterance id>": "text", ...}')
         return {str(k): str(v) for k, v in data.items()}
-    texts: dict[str, str] = {}
-    manifest = corpus.extra.get("manifest")
-    if manifest is not None:
-        entries = json.loads(Path(manifest).read_text(encoding="utf-8")).get("utterances", [])
-        texts.update({str(e["id"]): str(e["text"]) for e in entries if e.get("id") and e.get("text")})
-    for u in corpus.utterances:  # VOCASET/BIWI-style sentencestext/<subject>.txt, line n = sentence n
-        path = corpus.root / "sentencestext" / f"{u.subject}.txt"
-        if u.id not in texts and path.exists():
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if 1 <= u.sentence <= len(lines) and lines[u.sentence - 1].strip():
-                texts[u.id] = lines[u.sentence - 1].strip()
-    return texts
+    from talkinghead_cli.data.dataset import read_transcripts
+
+    return read_transcripts(corpus)
 
 
 def _dataset_face(corpus, checkpoints: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -16,7 +16,12 @@ import torch
 
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
-from talkinghead_cli.data.dataset import SequenceDataset, open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import (
+    SequenceDataset,
+    open_corpus,
+    read_transcripts,
+    write_toy_corpus,
+)
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
@@ -27,7 +32,6 @@ from talkinghead_cli.training.trainer import (
     _build_model,
     _setup_av,
     _TrainStep,
-    read_transcripts,
     train,
 )
 

@@ -19,9 +19,9 @@ import json
 import pickle
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -444,3 +444,34 @@ def write_toy_corpus(
     (root / "regions" / "fdd.txt").write_text(" ".join(map(str, upper)))
     trimesh.Trimesh(base, sphere.faces, process=False).export(root / "templates" / "FLAME_sample.ply")
     return root
+
+
+def read_transcripts(corpus: Corpus) -> dict[str, str]:
+    """{utterance id: transcript} of every utterance that has one.
+
+    Sources, first found wins: an ``Utterance.text`` attribute; the synthetic corpus's
+    ``manifest.json`` (``utterances[].text``); ``sentencestext/<subject>.txt`` (line n =
+    sentence n, as ``avtalk synth`` writes it); ``sentencestext/<subject>/sentenceNN.txt``.
+    """
+    texts: dict[str, str] = {}
+    manifest = (corpus.extra or {}).get("manifest")
+    if manifest is not None and Path(manifest).exists():
+        for entry in json.loads(Path(manifest).read_text()).get("utterances", []):
+            if entry.get("text"):
+                texts[str(entry["id"])] = str(entry["text"])
+    lines: dict[str, list[str]] = {}
+    folder = Path(corpus.root) / "sentencestext"
+    for u in corpus.utterances:
+        if getattr(u, "text", None):
+            texts[u.id] = str(u.text)
+        if u.id in texts:
+            continue
+        if u.subject not in lines:
+            f = folder / f"{u.subject}.txt"
+            lines[u.subject] = f.read_text(encoding="utf-8").splitlines() if f.is_file() else []
+        one = folder / u.subject / f"sentence{u.sentence:02d}.txt"
+        if 1 <= u.sentence <= len(lines[u.subject]) and lines[u.subject][u.sentence - 1].strip():
+            texts[u.id] = lines[u.subject][u.sentence - 1].strip()
+        elif one.is_file():
+            texts[u.id] = one.read_text(encoding="utf-8").strip()
+    return texts

@@ -38,7 +38,12 @@ import torch.distributed as dist
 
 from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.config import TrainConfig
-from talkinghead_cli.data.dataset import Corpus, SequenceDataset, open_corpus
+from talkinghead_cli.data.dataset import (
+    Corpus,
+    SequenceDataset,
+    open_corpus,
+    read_transcripts,
+)
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
@@ -400,37 +405,6 @@ def _check_corpus_matches(acfg, corpus: Corpus, cfg: TrainConfig) -> None:
 
 _AV_KEYS = ("av_loss", "expert", "lambda_mse", "lambda_av", "av_ctc_weight", "av_label_smoothing",
             "av_reduction", "expert_mode", "expert_lr", "av_mode")
-
-
-def read_transcripts(corpus: Corpus) -> dict[str, str]:
-    """{utterance id: transcript} of every utterance that has one.
-
-    Sources, first found wins: an ``Utterance.text`` attribute; the synthetic corpus's
-    ``manifest.json`` (``utterances[].text``); ``sentencestext/<subject>.txt`` (line n =
-    sentence n, as ``avtalk synth`` writes it); ``sentencestext/<subject>/sentenceNN.txt``.
-    """
-    texts: dict[str, str] = {}
-    manifest = (corpus.extra or {}).get("manifest")
-    if manifest is not None and Path(manifest).exists():
-        for entry in json.loads(Path(manifest).read_text()).get("utterances", []):
-            if entry.get("text"):
-                texts[str(entry["id"])] = str(entry["text"])
-    lines: dict[str, list[str]] = {}
-    folder = Path(corpus.root) / "sentencestext"
-    for u in corpus.utterances:
-        if getattr(u, "text", None):
-            texts[u.id] = str(u.text)
-        if u.id in texts:
-            continue
-        if u.subject not in lines:
-            f = folder / f"{u.subject}.txt"
-            lines[u.subject] = f.read_text(encoding="utf-8").splitlines() if f.is_file() else []
-        one = folder / u.subject / f"sentence{u.sentence:02d}.txt"
-        if 1 <= u.sentence <= len(lines[u.subject]) and lines[u.subject][u.sentence - 1].strip():
-            texts[u.id] = lines[u.subject][u.sentence - 1].strip()
-        elif one.is_file():
-            texts[u.id] = one.read_text(encoding="utf-8").strip()
-    return texts
 
 
 @dataclass

@@ -37,6 +37,7 @@ from talkinghead_cli.export import checkpoint_rig, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.retarget import Retargeting, for_checkpoint
+from talkinghead_cli.pretrained import resolve
 from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.trainer import resolve_device
 
@@ -292,6 +293,7 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[Anim
             landmarks, a model without a rig for ``arkit``, unknown style, bad audio.
     """
     files = _speech_files(cfg.audio)
+    cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)

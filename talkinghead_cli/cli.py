@@ -221,7 +221,7 @@ def animate_cmd(
     template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh of any topology (another one is retargeted) [default: the model's training template]."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="Retargeting: 'USER_VERTEX TEMPLATE_VERTEX' pairs (text or JSON, >= 4) when automatic alignment fails."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train)."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train) or a registered model name [default: the bundled default]."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
     fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), arkit (52 blendshape curves)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
@@ -232,8 +232,6 @@ def animate_cmd(
     from talkinghead_cli.animate import animate
     from talkinghead_cli.config import AnimateConfig, build_config
 
-    if checkpoint is None:
-        raise UserError("no animator checkpoint given", None, "pass --checkpoint RUN_DIR/best.pt")
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
                                                style=style, format=fmt, video=not no_video, device=device,
                                                allow_long=allow_long, landmarks=landmarks), command="animate")

@@ -98,8 +98,8 @@ def test_bad_inputs_are_one_line_errors(checkpoint, speech, tmp_path, capsys):
     assert avtalk("animate", speech, "-o", out, "--checkpoint", checkpoint, "--style", "Nobody") == 2
     err = capsys.readouterr().err
     assert "unknown speaking style 'Nobody'" in err and SUBJECTS[1] in err
-    assert avtalk("animate", speech, "-o", out) == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    assert avtalk("animate", speech, "-o", out, "--checkpoint", "no-such-model") == 2
+    assert "unknown animator model 'no-such-model'" in capsys.readouterr().err
     ck = load_checkpoint(checkpoint)
     ck["kind"] = "expert"
     save_checkpoint(tmp_path / "expert.pt", ck)

@@ -161,6 +161,7 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
     animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
     stage: Optional[int] = typer.Option(None, "--stage", help="CodeTalker stage: 1 (motion codebook) or 2."),
     config: Optional[Path] = typer.Option(None, "--config", help="train.json/.yaml whose values the flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
@@ -185,7 +186,7 @@ def train_cmd(
 
     base = read_config_file(config) if config else {}
     flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs, animator=animator,
-                 size=size, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
+                 size=size, encoder=encoder, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
                  batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
                  av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
                  expert_mode=expert_mode, av_mode=av_mode)

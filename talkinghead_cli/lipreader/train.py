@@ -22,8 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,13 @@ from talkinghead_cli.data.dataset import Corpus, Utterance, open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
+from talkinghead_cli.training.trainer import LogFn, TrainResult
 
-LogFn = Callable[[dict[str, Any]], None]
 CACHE_VERSION = 1
 
 
 @dataclass
-class ExpertTrainResult:
-    run_dir: Path
-    epochs_done: int
-    best_epoch: int | None
-    best: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
+class ExpertTrainResult(TrainResult):
     rendered: int = 0  # utterances this run had to render (not in the cache)
     cached: int = 0  # utterances this run found in the cache
 
@@ -133,13 +127,16 @@ class LipWindowCache:
         h.update(np.ascontiguousarray(corpus.lip_indices, dtype=np.int64).tobytes())
         self._settings_hash = h.hexdigest()
         self._memory: dict[str, np.ndarray] = {}
+        self._keys: dict[str, str] = {}
         self.rendered = self.hits = 0
 
     def key(self, utt: Utterance) -> str:
-        """Hash of the vertex file's bytes and the render settings."""
-        h = hashlib.sha256(self._settings_hash.encode())
-        h.update(Path(utt.verts).read_bytes())
-        return h.hexdigest()[:32]
+        """Hash of the vertex file's bytes and the render settings (once per utterance and run)."""
+        if utt.id not in self._keys:
+            h = hashlib.sha256(self._settings_hash.encode())
+            h.update(Path(utt.verts).read_bytes())
+            self._keys[utt.id] = h.hexdigest()[:32]
+        return self._keys[utt.id]
 
     def path(self, utt: Utterance) -> Path | None:
         return None if self.folder is None else self.folder / f"{utt.id}-{self.key(utt)}.npy"

@@ -78,7 +78,7 @@ class AnimateConfig(_Strict):
 
     audio: Path  # a speech file, or a folder of WAVs (each animated into out/<stem>/)
     out: Path
-    checkpoint: Optional[str] = None  # path or registered name; default: the bundled default animator
+    checkpoint: Optional[Path | str] = None  # path or registered name; default: the bundled default animator
     template: Optional[Path] = None  # default: the checkpoint's training template
     style: Optional[str] = None  # SUBJECT or A:0.5,B:0.5; default: the mean of all styles
     format: str = "obj"  # comma list of obj, ply, npy, npz, gltf, arkit (normalised: "obj,gltf")

@@ -128,14 +128,27 @@ def test_single_animation_bad_inputs_exit_2(world, tmp_path, capsys):
         # nothing readable in the transcript
         (["score", tmp_path / "pred.npy", "--transcript", "?!", "--expert", expert,
           "--checkpoint", world["animator"]], "no letters"),
-        (["score", tmp_path / "pred.npy", "--transcript", "a", "--checkpoint", world["animator"]],
-         "no expert checkpoint given"),
         (["score", tmp_path / "missing.npy", "--transcript", "a", "--expert", expert], "not found"),
     ]
     for args, msg in cases:
         assert avtalk(*args) == 2, args
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_no_expert_and_no_bundled_default(world, tmp_path, capsys, monkeypatch):
+    from talkinghead_cli import pretrained
+
+    np.save(tmp_path / "pred.npy", world["gt"])
+    monkeypatch.setenv("AVTALK_MODELS", str(tmp_path / "no-models"))
+    pretrained._read_registry.cache_clear()
+    try:
+        assert avtalk("score", tmp_path / "pred.npy", "--transcript", "a", "--checkpoint", world["animator"]) == 2
+    finally:
+        pretrained._read_registry.cache_clear()
+    err = capsys.readouterr().err
+    assert "no expert checkpoint given and no default expert is bundled" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_vocabulary_mismatch_is_refused(world, tmp_path, capsys):

@@ -38,3 +38,19 @@ def test_pickled_class_is_refused(tmp_path):
     torch.save({"format_version": 1, "kind": "animator", "config": Evil(), "state_dict": {}}, path)
     with pytest.raises(UserError):
         load_checkpoint(path)
+
+
+def test_release_copy_drops_optimizer_state(tmp_path):
+    from talkinghead_cli.training.checkpoint import release_copy
+
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    src = save_checkpoint(tmp_path / "train.pt", {"kind": "animator", "config": {}, "state_dict": model.state_dict(),
+                                                  "extra": {"optimizer": opt.state_dict(), "epoch": 3}})
+    dst = release_copy(src, tmp_path / "release.pt")
+    ckpt = load_checkpoint(dst)
+    assert ckpt["extra"] == {"epoch": 3}
+    torch.testing.assert_close(ckpt["state_dict"]["weight"], model.weight.detach())
+    assert dst.stat().st_size < src.stat().st_size

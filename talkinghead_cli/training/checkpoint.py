@@ -76,3 +76,19 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+TRAINING_ONLY = ("optimizer", "scaler", "expert_optimizer")
+
+
+def release_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy a checkpoint without what only resuming needs (optimizer and scaler state).
+
+    Everything an inference or fine-tuning run reads (config, weights, templates, faces, rig,
+    history, metrics) is kept; the copy is about half the size of a training checkpoint.
+    """
+    ckpt = load_checkpoint(src)
+    extra = ckpt.get("extra")
+    if isinstance(extra, dict):
+        ckpt["extra"] = {k: v for k, v in extra.items() if k not in TRAINING_ONLY}
+    return save_checkpoint(dst, ckpt)

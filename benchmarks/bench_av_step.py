@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=None, help="default: a toy corpus in a temp folder")
     ap.add_argument("--faces-from", type=Path, default=None)
     ap.add_argument("--expert", type=Path, default=None, help="expert checkpoint [default: random tiny]")
-    ap.add_argument("--lambda-av", type=float, default=5e-5)
+    ap.add_argument("--lambda-av", type=float, default=1e-8)
     ap.add_argument("--seconds", type=float, default=2.0, help="toy corpus: seconds per sequence")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())

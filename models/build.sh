@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Rebuild the bundled models from scratch, on CPU, exactly as they were built.
+# Usage: bash models/build.sh [WORK_DIR]   (needs `pip install -e ".[all]"`; ~7 GB of disk)
+# Wall times on the 2-core development machine are in the model cards (models/*.md).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=${1:-build}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p "$work"
+
+# 1. the synthetic corpus: 14 speakers x 120 sentences (TTS + the facecap ARKit rig)
+avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0
+
+# 2. stage 1: the lip-reading expert on renders of ground-truth meshes
+avtalk finetune-expert --dataset synthetic --data-root "$work/corpus" -o "$work/runs/expert" \
+    --config "$here/expert-tiny.json"
+
+# 3. a shared MSE-only start for both animators (same seed)
+avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base" \
+    --size tiny --epochs 12 --seed 0
+
+# 4. stage 2: the same animator continued with and without the lip-reading loss
+#    (same start, seed and epochs; the AV twin adds lambda_av * L_av)
+avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/mse" \
+    --size tiny --epochs 1 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt"
+avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/av" \
+    --size tiny --epochs 1 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" \
+    --av-loss --expert "$work/runs/expert/best.pt"
+
+# 5. the paper's table in our setting
+for split in test test_b; do
+  avtalk score --dataset synthetic --data-root "$work/corpus" --split "$split" \
+      -c "$work/runs/av/best.pt" -c "$work/runs/mse/best.pt" \
+      --expert "$work/runs/expert/best.pt" --json "$work/score-$split.json"
+done
+
+# 6. copy into models/ (the registry names them)
+python - "$here" "$work" <<'PY'
+import json, sys
+from pathlib import Path
+from talkinghead_cli.pretrained import sha256
+from talkinghead_cli.training.checkpoint import release_copy  # drops optimizer state
+here, work = Path(sys.argv[1]), Path(sys.argv[2])
+for run, name in (("av", "avtalk-tiny-av"), ("mse", "avtalk-tiny-mse"), ("expert", "avtalk-expert-tiny")):
+    release_copy(work / "runs" / run / "best.pt", here / f"{name}.pt")
+reg = json.loads((here / "registry.json").read_text())
+for entry in reg["models"].values():
+    entry["sha256"] = sha256(here / entry["file"])
+(here / "registry.json").write_text(json.dumps(reg, indent=2) + "\n")
+PY
+echo "done: models rebuilt; update the figures in the model cards from $work/score-*.json"

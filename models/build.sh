@@ -48,4 +48,4 @@ for entry in reg["models"].values():
     entry["sha256"] = sha256(here / entry["file"])
 (here / "registry.json").write_text(json.dumps(reg, indent=2) + "\n")
 PY
-echo "done: models rebuilt; update the figures in the model cards from $work/score-*.json"
+echo "done: models rebuilt; compare with the figures in models/avtalk-tiny.md ($work/score-*.json)"

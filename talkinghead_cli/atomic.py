@@ -43,7 +43,11 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     parent = _check_parent(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=parent)
+    except OSError as e:
+        raise UserError(f"cannot write into the output folder ({e.strerror})", parent,
+                        "choose a writable output path") from e
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
@@ -67,7 +71,11 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     if target.exists() and not target.is_dir():
         raise UserError("the output path exists and is not a folder", target,
                         "remove it or choose another output path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise UserError(f"cannot write into the output folder ({e.strerror})", parent,
+                        "choose a writable output path") from e
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual folder mode
     try:
         yield tmp

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
@@ -151,3 +153,12 @@ def test_fast_obj_vertex_text_is_byte_identical_to_printf():
     values = values[: len(values) // 3 * 3].reshape(-1, 3)
     expected = (("v %.6f %.6f %.6f\n" * len(values)) % tuple(values.ravel().tolist())).encode()
     assert obj_vertex_bytes(values) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc (unwritable even for root)")
+def test_unwritable_output_is_a_user_error(sphere):
+    verts, faces = sphere
+    with pytest.raises(UserError, match="cannot write into the output folder"):
+        write_sequence(Path("/proc/avtalk-test-seq"), verts[None], faces, fmt="obj")
+    with pytest.raises(UserError, match="cannot write into the output folder"):
+        write_sequence(Path("/proc/avtalk-test-seq.npy"), verts[None], faces, fmt="npy")

@@ -33,6 +33,7 @@ import torch
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader.config import EncoderConfig, ExpertConfig
 from talkinghead_cli.lipreader.model import LipReader
+from talkinghead_cli.training.checkpoint import read_torch_file
 
 _LAYER = [  # within one conformer layer: ours -> theirs
     ("attn.q.", "self_attn.linear_q."), ("attn.k.", "self_attn.linear_k."),
@@ -228,13 +229,7 @@ def _infer_encoder(sd: dict, root: str) -> EncoderConfig:
 def read_autoavsr_file(path: str | Path) -> dict:
     """Load an Auto-AVSR ``.pth`` (plain state dict) or Lightning ``.ckpt`` (``state_dict`` key)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError("Auto-AVSR checkpoint not found", path, "check the path")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read the Auto-AVSR checkpoint ({type(e).__name__})", path,
-                        "pass the .pth file published by Auto-AVSR") from e
+    obj = read_torch_file(path, "Auto-AVSR checkpoint", "pass the .pth file published by Auto-AVSR")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -35,6 +35,7 @@ from talkinghead_cli.data.dataset import Corpus, Utterance, open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
+from talkinghead_cli.training.checkpoint import read_torch_file
 from talkinghead_cli.training.trainer import LogFn, TrainResult
 
 CACHE_VERSION = 1
@@ -222,13 +223,7 @@ def build_samples(corpus: Corpus, utts: list[Utterance], tokenizer, texts: dict[
 
 def _peek(path: Path) -> dict | None:
     """The checkpoint dict when ``path`` is an avtalk checkpoint, None for anything else."""
-    if not path.exists():
-        raise UserError("expert checkpoint not found", path, "check --expert-checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read the expert checkpoint ({type(e).__name__})", path,
-                        "pass an avtalk expert .pt or an Auto-AVSR .pth") from e
+    obj = read_torch_file(path, "expert checkpoint", "pass an avtalk expert .pt or an Auto-AVSR .pth")
     return obj if isinstance(obj, dict) and "format_version" in obj and "kind" in obj else None
 
 

@@ -43,6 +43,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def read_torch_file(path: str | Path, what: str = "checkpoint",
+                    fix: str = "it is corrupt or not an avtalk checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, with one-line errors.
+
+    Raises:
+        UserError: ``"<what> not found"`` or ``"cannot read the <what>"`` (``fix`` says what to do).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found", path, "check the path or the model name")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot read the {what} ({type(e).__name__})", path, fix) from e
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check its kind and version.
 
@@ -50,13 +66,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         UserError: missing or unreadable file, wrong kind, or a newer format.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError("checkpoint not found", path, "check the path or the model name")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"cannot read the checkpoint ({type(e).__name__})", path,
-                        "it is corrupt or not an avtalk checkpoint") from e
+    ckpt = read_torch_file(path)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError("not an avtalk checkpoint", path, "pass a file written by avtalk")
     if int(ckpt["format_version"]) > FORMAT_VERSION:

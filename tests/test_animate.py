@@ -7,9 +7,15 @@ import pytest
 import soundfile as sf
 import torch
 import trimesh
+from clirun import avtalk
 
-from talkinghead_cli.animate import (crossfade_weights, load_animator, parse_style, predict_windowed,
-                                     window_plan)
+from talkinghead_cli.animate import (
+    crossfade_weights,
+    load_animator,
+    parse_style,
+    predict_windowed,
+    window_plan,
+)
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
@@ -35,14 +41,6 @@ def speech(tmp_path):
     path = tmp_path / "speech.wav"
     sf.write(path, (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
     return path
-
-
-def avtalk(*args):
-    from talkinghead_cli.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code
 
 
 def _template_obj(ckpt_path, path, scale=1.3, subdivisions=2):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from clirun import avtalk
 from scipy.spatial.transform import Rotation
 
 from talkinghead_cli.errors import UserError
@@ -221,14 +222,6 @@ def speech(tmp_path):
     path = tmp_path / "speech.wav"
     sf.write(path, (0.3 * np.sin(2 * np.pi * 150 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
     return path
-
-
-def avtalk(*args):
-    from talkinghead_cli.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code
 
 
 def test_cli_retargets_and_exports(checkpoint, speech, tmp_path, capsys):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from clirun import avtalk
 
 from talkinghead_cli.config import ScoreConfig, TrainConfig
 from talkinghead_cli.data import vocaset as V
@@ -19,14 +20,6 @@ from talkinghead_cli.training.trainer import _build_model, _payload
 pytest.importorskip("pocketsphinx")
 
 TRAIN, TEST = V.TRAIN_SUBJECTS[0], V.TEST_SUBJECTS[0]
-
-
-def avtalk(*args):
-    from talkinghead_cli.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code
 
 
 @pytest.fixture(scope="module")

@@ -241,3 +241,31 @@ def test_slow_path_renders_too(tmp_path, sphere):
     diff = np.abs(slow.astype(int) - fast.astype(int)).max(-1)
     assert interior.mean() > 0.2 and diff[interior].max() <= 1  # same shading inside
     assert slow.max(-1)[~covered].max() > 10  # the slow path's soft outline spills past the edge
+
+
+def test_incremental_preview_gives_the_same_frames(sphere):
+    """Only the lower half moves: rendering the changing rectangle over the first frame gives
+    the pixels of whole-frame rendering, and the rectangle leaves the still top out."""
+    from talkinghead_cli.render import front_camera
+    from talkinghead_cli.video import changing_window, render_frames
+
+    verts, faces = sphere
+    v = torch.from_numpy(verts)
+    low = v[:, 1] < -0.3
+    seq = v.repeat(6, 1, 1)
+    for t in range(1, 6):  # a "jaw" that drops and swings
+        seq[t, low, 1] -= 0.04 * t
+        seq[t, low, 0] += 0.02 * (t % 3)
+    seq[4] = seq[0]  # a frame back at rest
+    f = torch.from_numpy(faces)
+    cam = front_camera(seq[0], image_size=64)
+    top, _, h, w = changing_window(seq, f, cam)
+    assert top > 10 and h < 64 - top + 1 and w <= 64  # the top of the sphere is outside it
+    whole = np.concatenate(list(render_frames(seq, f, cam, batch=4, incremental=False)))
+    fast = np.concatenate(list(render_frames(seq, f, cam, batch=4)))
+    assert np.array_equal(whole, fast)
+    assert not np.array_equal(whole[0], whole[3])  # the frames do differ
+    still = seq[:1].repeat(3, 1, 1)
+    assert changing_window(still, f, cam) is None
+    assert np.array_equal(np.concatenate(list(render_frames(still, f, cam, batch=2))),
+                          np.concatenate(list(render_frames(still, f, cam, batch=2, incremental=False))))

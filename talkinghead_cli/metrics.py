@@ -122,3 +122,79 @@ class MetricAccumulator:
             return {}
         return {"lve": self._lve_sum / self._frames, "fdd": sum(self._fdd) / len(self._fdd),
                 "mve": self._mve_sum / self._mve_count}
+
+
+# ----------------------------------------------------------------------------- speech and motion
+# Does the mouth open when the speech is loud? (issue 6, benchmarks/bench_real_speech.py)
+
+
+def mouth_opening(verts: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Vertical lip opening per frame: mean height of the upper-lip vertices minus that of
+    the lower-lip ones (the same measure as ``data.synthetic.regions.lip_gap``, for any mesh).
+
+    Args:
+        verts: (T, V, 3); upper, lower: (N,) and (M,) vertex indices.
+        axis: the up axis (1: +Y up, the rigs' and templates' convention).
+    Returns:
+        (T,) float64, in the mesh's units; grows as the mouth opens.
+    """
+    verts = torch.as_tensor(verts).double()
+    up = torch.as_tensor(upper, dtype=torch.long)
+    lo = torch.as_tensor(lower, dtype=torch.long)
+    if verts.ndim != 3 or not len(up) or not len(lo):
+        raise ValueError(f"expected verts (T, V, 3) and non-empty lip index sets, got {tuple(verts.shape)}, "
+                         f"{len(up)} upper and {len(lo)} lower indices")
+    return verts[:, up, axis].mean(-1) - verts[:, lo, axis].mean(-1)
+
+
+def loudness_envelope(wave: torch.Tensor, sample_rate: float, fps: float, num_frames: int,
+                      window_frames: float = 1.0) -> torch.Tensor:
+    """Linear RMS of the audio in windows centred on each animation frame.
+
+    Frame t covers the audio from t / fps to (t + 1) / fps (the animators' convention,
+    T = round(S / sample_rate * fps)), so its window is centred at (t + 0.5) / fps and is
+    ``window_frames`` frame periods long, clipped to the recording (a window wholly past
+    its end gives 0).
+
+    Args:
+        wave: (S,) samples.
+    Returns:
+        (T,) float64, T = ``num_frames``.
+    """
+    x = torch.as_tensor(wave).double().reshape(-1)
+    spf = sample_rate / fps
+    width = max(1, round(window_frames * spf))
+    centre = (torch.arange(num_frames, dtype=torch.float64) + 0.5) * spf
+    start = torch.round(centre - width / 2).long().clamp(0, len(x))
+    end = (start + width).clamp(0, len(x))
+    csum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(x * x, 0)])
+    count = (end - start).clamp(min=1)
+    return ((csum[end] - csum[start]) / count).clamp(min=0).sqrt()
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two (T,) curves; nan when either is constant."""
+    a, b = torch.as_tensor(a).double().reshape(-1), torch.as_tensor(b).double().reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"curves of different lengths: {len(a)} and {len(b)}")
+    a, b = a - a.mean(), b - b.mean()
+    den = float(a.norm() * b.norm())
+    return float((a * b).sum()) / den if den > 0 else float("nan")
+
+
+def lagged_pearson(motion: torch.Tensor, envelope: torch.Tensor, max_lag: int) -> dict[int, float]:
+    """Pearson correlation of ``motion[t + lag]`` with ``envelope[t]`` for each lag in
+    [-max_lag, max_lag] (positive: the motion follows the sound), over the overlap.
+
+    Args:
+        motion, envelope: (T,) curves.
+    Returns:
+        {lag: r}.
+    """
+    m, e = torch.as_tensor(motion).reshape(-1), torch.as_tensor(envelope).reshape(-1)
+    t = min(len(m), len(e))
+    out = {}
+    for lag in range(-max_lag, max_lag + 1):
+        lo, hi = max(0, -lag), min(t, t - lag)
+        out[lag] = pearson(m[lo + lag: hi + lag], e[lo:hi]) if hi - lo > 2 else float("nan")
+    return out

@@ -255,3 +255,32 @@ def test_cpu_batches_are_chunked_without_changing_the_result(sphere, monkeypatch
         for name in ("images", "alpha", "depth", "face_index", "bary"):
             torch.testing.assert_close(getattr(a, name), getattr(b, name))
     assert chunked[0].images.shape == (5, 24, 24, 3)
+
+
+def test_hidden_silhouette_shortcut_is_exact(sphere, monkeypatch):
+    """Small spheres, some behind a wall and some in front of it: dropping the silhouette faces
+    that the hard layer hides everywhere changes no soft pair, and does drop faces."""
+    import trimesh
+
+    from talkinghead_cli.render import rasterize as R
+
+    v, f = sphere
+    wall = trimesh.creation.box(extents=(3.0, 3.0, 0.05))
+    verts, faces = [np.asarray(wall.vertices, np.float32)], [np.asarray(wall.faces)]
+    base = len(verts[0])
+    for i, (x, y, z) in enumerate([(-0.6, 0.3, -0.5), (0.5, -0.4, -0.5), (0.0, 0.2, 0.5), (0.7, 0.6, 0.5)]):
+        verts.append(v * 0.15 + np.array([x, y, z], np.float32))
+        faces.append(f + base + i * len(v))
+    vt = torch.from_numpy(np.concatenate(verts))[None]
+    ft = torch.from_numpy(np.concatenate(faces)).long()
+    cam = front_camera(vt[0], image_size=64, projection="ortho")
+    pv = cam.project(vt)
+    dropped = []
+    real = R._hidden
+    monkeypatch.setattr(R, "_hidden", lambda *a: dropped.append(int(real(*a).sum())) or real(*a))
+    fast = R.rasterize(pv, ft, (64, 64), False, sigma=1.0)
+    monkeypatch.setattr(R, "_hidden", lambda x_lo, *a: torch.zeros_like(x_lo, dtype=torch.bool))
+    full = R.rasterize(pv, ft, (64, 64), False, sigma=1.0)
+    assert dropped[0] > 50  # the spheres behind the wall
+    assert len(full.soft_pix) > 50
+    assert torch.equal(fast.soft_pix, full.soft_pix) and torch.equal(fast.soft_face, full.soft_face)

@@ -373,6 +373,7 @@ def _soft_layer(x, y, z, sil, valid, zmap, H, W, perspective, sigma, cutoff):
     x_lo, x_hi = _box(x.min(-1).values, x.max(-1).values, r, W)
     y_lo, y_hi = _box(y.min(-1).values, y.max(-1).values, r, H)
     keep = valid & sil.any(-1) & (x_lo <= x_hi) & (y_lo <= y_hi)
+    keep &= ~_hidden(x_lo, x_hi, y_lo, y_hi, z.min(-1).values, zmap.reshape(B, H, W), r)
     lin = torch.nonzero(keep.reshape(-1)).squeeze(1)  # (K,) = b * F + f
 
     def take(t):
@@ -416,6 +417,30 @@ def _soft_layer(x, y, z, sil, valid, zmap, H, W, perspective, sigma, cutoff):
     cover = -dist[sel]  # larger coverage <=> smaller distance
     win = sel[_winner(pix[sel], cover, zmap.shape[0], largest=True, tiebreak=ff[sel])]
     return pix[win], ff[win]
+
+
+def _hidden(x_lo, x_hi, y_lo, y_hi, zface, zmap, r):
+    """(B, F) bool: faces whose every candidate pixel is covered by a nearer hard-layer face.
+
+    A soft pair needs its depth (on the face, so >= the face's nearest vertex) in front of the
+    hard layer. A face whose nearest vertex is behind the farthest hard-layer depth in its
+    dilated box can give no pair, so it is dropped before the pairs are built (an exact
+    shortcut: inside a closed mouth most silhouette faces of teeth and tongue are such).
+    The box maximum is one max-pool around the box centre, so only boxes that fit the pool
+    window are tested; larger ones are kept.
+
+    Args:
+        x_lo, x_hi, y_lo, y_hi: (B, F) inclusive dilated pixel boxes; zface: (B, F) nearest
+        vertex depth; zmap: (B, H, W) hard-layer depth, inf on background; r: soft radius.
+    """
+    h = int(r) + 3
+    zmax = torch.nn.functional.max_pool2d(zmap[:, None], 2 * h + 1, stride=1, padding=h)[:, 0]
+    cx, cy = torch.div(x_lo + x_hi, 2, rounding_mode="floor"), torch.div(y_lo + y_hi, 2, rounding_mode="floor")
+    fits = (x_hi - cx <= h) & (y_hi - cy <= h) & (x_lo <= x_hi) & (y_lo <= y_hi)
+    H, W = zmap.shape[1:]
+    b = torch.arange(zmap.shape[0], device=zmap.device)[:, None]
+    around = zmax[b, cy.clamp(0, H - 1), cx.clamp(0, W - 1)]
+    return fits & (zface >= around)
 
 
 def point_triangle(px, py, tx, ty, sil=None):

@@ -11,7 +11,8 @@ animator backward + update), and the gradient-norm ratio on the lip vertices tha
 so ``lambda_av ~ ratio`` gives L_av's gradient on the lips the size of L_mse's.
 
     python benchmarks/bench_av_step.py                                   # toy corpus
-    python benchmarks/bench_av_step.py --dataset synthetic --data-root corpus/ [--expert E.pt]
+    python benchmarks/bench_av_step.py --dataset synthetic --data-root corpus/ [--expert E.pt] \
+        [--init-from runs/base/best.pt]
 
 Without ``--expert`` a randomly initialised tiny visual-only expert is used (the cost is
 the same as a trained one's; the gradient ratio is indicative only).
@@ -35,6 +36,7 @@ from talkinghead_cli.lipreader.checkpoint import load_expert
 from talkinghead_cli.lipreader.losses import expert_loss
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.lipreader.views import lip_video
+from talkinghead_cli.training.checkpoint import read_torch_file
 from talkinghead_cli.training.losses import av_loss, total_loss
 from talkinghead_cli.training.trainer import read_transcripts
 
@@ -68,9 +70,14 @@ class Bench:
         acfg = AnimatorConfig(kind="faceformer", size="tiny", num_verts=corpus.num_verts,
                               subjects=corpus.train_subjects, fps=corpus.fps, sample_rate=corpus.sample_rate)
         self.model = build_animator(acfg).train()
+        if args.init_from:  # a trained animator: predictions (and so lip windows) like stage 2's
+            self.model.load_state_dict(read_torch_file(args.init_from)["state_dict"])
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.render = {}  # the expert's own lip-window settings, as the trainer uses them
         if args.expert:
-            self.expert, tok, _ = load_expert(args.expert)
+            self.expert, tok, ckpt = load_expert(args.expert)
+            trained_on = (ckpt.get("extra") or {}).get("render") or {}
+            self.render = {k: trained_on[k] for k in ("size", "margin", "sigma", "video_fps") if k in trained_on}
         else:
             self.expert, tok = build_expert(tiny_config(modalities="video")).eval(), CharTokenizer()
         self.expert.requires_grad_(False)
@@ -78,7 +85,7 @@ class Bench:
         self.faces, self.lip = torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices)
         self.fps, self.lambda_av = corpus.fps, args.lambda_av
         print(f"sequence {item['id']}: {self.verts.shape[1]} frames, {corpus.num_verts} vertices, "
-              f"{len(self.faces)} faces, {len(self.tokens[0])} tokens")
+              f"{len(self.faces)} faces, {len(self.tokens[0])} tokens; lip windows {self.render or 'default'}")
 
     def mse_step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -90,7 +97,7 @@ class Bench:
         """The trainer's step: one graph, one backward."""
         self.opt.zero_grad(set_to_none=True)
         model_loss, _, pred = self.model.training_loss(self.audio, self.template, self.style, self.verts)
-        av = av_loss(pred, self.verts, self.faces, self.lip, self.fps, self.expert, self.tokens)
+        av = av_loss(pred, self.verts, self.faces, self.lip, self.fps, self.expert, self.tokens, **self.render)
         total_loss(model_loss, pred, self.verts, self.lip, 1.0, av=av, av_weight=self.lambda_av)[0].backward()
         self.opt.step()
 
@@ -103,7 +110,7 @@ class Bench:
         marks["animator forward"] = t() - t0
         t0 = t()
         p = pred.detach().requires_grad_(True)
-        video = lip_video(p, self.faces, self.lip, self.fps, window_from=self.verts)
+        video = lip_video(p, self.faces, self.lip, self.fps, window_from=self.verts, **self.render)
         marks["render forward"] = t() - t0
         t0 = t()
         v = video.detach().requires_grad_(True)
@@ -128,7 +135,7 @@ class Bench:
         g_mse, = torch.autograd.grad(model_loss, pred, retain_graph=True)
         g_all, = torch.autograd.grad(total_loss(model_loss, pred, self.verts, self.lip, 1.0)[0], pred,
                                      retain_graph=True)
-        av = av_loss(pred, self.verts, self.faces, self.lip, self.fps, self.expert, self.tokens)
+        av = av_loss(pred, self.verts, self.faces, self.lip, self.fps, self.expert, self.tokens, **self.render)
         g_av, = torch.autograd.grad(av.loss, pred)
         n_av = g_av[:, :, self.lip].norm()
         return float(g_mse[:, :, self.lip].norm() / n_av), float(g_all[:, :, self.lip].norm() / n_av)
@@ -140,6 +147,9 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=None, help="default: a toy corpus in a temp folder")
     ap.add_argument("--faces-from", type=Path, default=None)
     ap.add_argument("--expert", type=Path, default=None, help="expert checkpoint [default: random tiny]")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="animator checkpoint to start from (stage 2 starts from a trained one) "
+                         "[default: untrained]")
     ap.add_argument("--lambda-av", type=float, default=1e-8)
     ap.add_argument("--seconds", type=float, default=2.0, help="toy corpus: seconds per sequence")
     ap.add_argument("--repeats", type=int, default=5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,14 +33,16 @@ import torch
 from talkinghead_cli.atomic import atomic_dir
 from talkinghead_cli.audio import load_audio
 from talkinghead_cli.config import AnimateConfig
+from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import checkpoint_rig, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
-from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.retarget import Retargeting, for_checkpoint
 from talkinghead_cli.pretrained import resolve
+from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.training.checkpoint import load_checkpoint
-from talkinghead_cli.training.trainer import resolve_device
+
+if TYPE_CHECKING:
+    from talkinghead_cli.retarget import Retargeting
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -121,6 +124,10 @@ def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargetin
         if cfg.landmarks is not None:
             raise UserError("--landmarks needs --template", cfg.landmarks, "pass your face mesh with --template")
         return None, ckpt
+    from talkinghead_cli.retarget import (
+        for_checkpoint,  # scipy: imported only when a template is given
+    )
+
     rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks)
     if rt is None:
         return None, ckpt

@@ -303,7 +303,7 @@ class AnimationScore:
 def score_animation(cfg: ScoreConfig, progress: ProgressFn | None = None) -> AnimationScore:
     """Read one animation's lips and score them against ``cfg.transcript`` (module docstring)."""
     from talkinghead_cli.audio import load_audio
-    from talkinghead_cli.training.trainer import resolve_device
+    from talkinghead_cli.device import resolve_device
 
     if not cfg.transcript or not cfg.transcript.strip():
         raise UserError("no transcript given", None, 'pass --transcript "the spoken words"')
@@ -463,7 +463,7 @@ def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[lis
 def score_dataset(cfg: ScoreConfig, progress: ProgressFn | None = None) -> DatasetScore:
     """Score each animator checkpoint on a dataset split (module docstring)."""
     from talkinghead_cli.data.dataset import open_corpus
-    from talkinghead_cli.training.trainer import resolve_device
+    from talkinghead_cli.device import resolve_device
 
     if cfg.data_root is None:
         raise UserError("--dataset needs --data-root", None, "pass the dataset folder")

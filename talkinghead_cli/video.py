@@ -5,8 +5,8 @@ the first frame) so the head does not jump. The renderer is :func:`preview_rende
 non-differentiable z-buffer pass that gives the same pixels as
 ``talkinghead_cli.render.render_mesh(..., sigma=0)`` (its reference, checked in the
 tests) for a fraction of the CPU time; ``render_mesh`` with anti-aliased outlines is
-available through ``render_frames(fast=False)``. Frames are converted to uint8 RGB and
-piped as raw ``rgb24`` into the ffmpeg that ships with ``imageio-ffmpeg``, which encodes
+available through ``render_frames(fast=False)``. Frames (grey) are converted to uint8 and
+piped as raw ``gray`` into the ffmpeg that ships with ``imageio-ffmpeg``, which encodes
 H.264 (``yuv420p``, ``+faststart``) and muxes the audio as AAC. ffmpeg runs in its own
 process and a writer thread feeds its stdin, so encoding overlaps with rendering.
 
@@ -37,6 +37,7 @@ import soundfile as sf
 import torch
 from pydantic import BaseModel, Field
 
+from talkinghead_cli import video_jit
 from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
@@ -81,14 +82,15 @@ def fit_to_length(verts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, H, W, 3) float in [0, 1] -> (B, H, W, 3) uint8 on the CPU (rounded, clamped).
+    """(B, H, W, C) float in [0, 1] -> (B, H, W, C) uint8 on the CPU (rounded, clamped).
 
     A grey image broadcast over its channels (stride 0) is converted once, then repeated.
     """
-    if images.stride(-1) == 0:
+    if images.stride(-1) == 0 and images.shape[-1] > 1:
         grey = (images[..., :1].detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-        return np.repeat(grey, 3, axis=-1)
-    return (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        return np.repeat(grey, images.shape[-1], axis=-1)
+    with torch.no_grad():
+        return images.clamp(0, 1).mul_(255).add_(0.5).to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- fast preview raster
@@ -190,7 +192,7 @@ def _zbuffer(pv: torch.Tensor, pairs: torch.Tensor, table: torch.Tensor, height:
 
 
 def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool = False,
-                   window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                   window: tuple[int, int, int, int] | None = None, jit: bool | None = None) -> torch.Tensor:
     """Fast, non-differentiable front render for previews (hard edges, orthographic camera).
 
     Same pixels as ``render_mesh(verts, faces, camera, sigma=0).images`` (grey albedo, the
@@ -203,11 +205,14 @@ def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool 
         cull: skip faces seen from behind (faster; wrong where the inside of the mesh shows).
         window: ``(top, left, height, width)`` in pixels: render only this rectangle of the
             image (the pixels it holds in the full render).
+        jit: use the compiled z-buffer of :mod:`talkinghead_cli.video_jit` (same algorithm,
+            ~10x faster); None: when numba is installed and the frames are on the CPU.
+            False: this module's PyTorch pass, the readable reference.
     Returns:
         (B, H, W, 3) float in [0, 1]; (B, height, width, 3) with ``window``.
     """
     from talkinghead_cli.render.renderer import GREY
-    from talkinghead_cli.render.shade import lambert, vertex_normals
+    from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
 
     if camera.perspective or camera.batch_size != 1:
         raise ValueError("preview_render needs one orthographic camera")
@@ -217,6 +222,15 @@ def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool 
         if window is not None:
             top, left, height, width = window
             pv_all = pv_all - pv_all.new_tensor([left, top, 0.0])
+        if jit is None:
+            jit = verts.device.type == "cpu" and video_jit.available()
+        if jit:
+            lights = Lights()
+            lit = video_jit.lit_vertices(verts.float().numpy(), faces.numpy(), camera.R[0].float().numpy(),
+                                         lights.direction_tensor(verts).float().numpy(),
+                                         lights.intensity_tensor(verts).float().numpy(), lights.ambient, GREY)
+            grey = video_jit.grey_frames(pv_all.float().numpy(), lit, faces.numpy(), height, width, cull)
+            return torch.from_numpy(grey).to(verts.dtype)[..., None].expand(-1, height, width, 3)
         normals = torch.matmul(vertex_normals(verts, faces), camera.R.to(verts).transpose(1, 2))
         lit = lambert(normals.reshape(-1, 3), torch.full_like(normals.reshape(-1, 3), GREY), None)
         lit = lit[:, 0].reshape(verts.shape[0], -1)  # (B, V) Gouraud: lit once per vertex
@@ -293,6 +307,22 @@ def changing_window(verts: torch.Tensor, faces: torch.Tensor, camera) -> tuple[i
     return top, left, bottom - top, right - left
 
 
+def _window_mesh(verts: torch.Tensor, faces: torch.Tensor, camera, window) -> tuple[torch.Tensor, torch.Tensor]:
+    """The part of a sequence that can draw into ``window``: faces whose screen box (over all
+    frames) touches it, plus every face sharing a vertex with those (their vertex normals need
+    them). Returns verts (T, V', 3) and faces (F', 3) re-indexed."""
+    from talkinghead_cli.render.mouth import compact
+
+    top, left, h, w = window
+    pv = camera.project(verts)[..., :2]
+    lo, hi = pv.amin(0)[faces].amin(1), pv.amax(0)[faces].amax(1)  # (F, 2) over frames and corners
+    hit = (hi[:, 0] >= left - 1) & (lo[:, 0] <= left + w + 1) & (hi[:, 1] >= top - 1) & (lo[:, 1] <= top + h + 1)
+    touched = torch.zeros(verts.shape[1], dtype=torch.bool, device=verts.device)
+    touched[faces[hit].reshape(-1)] = True
+    sub_verts, sub_faces, _ = compact(verts, faces[touched[faces].any(1)])
+    return sub_verts, sub_faces
+
+
 def _preview_parallel(verts: torch.Tensor, faces: torch.Tensor, camera, pool, workers: int,
                       window=None) -> torch.Tensor:
     """:func:`preview_render` with the frames of ``verts`` (B, V, 3) split over ``workers`` threads.
@@ -305,7 +335,7 @@ def _preview_parallel(verts: torch.Tensor, faces: torch.Tensor, camera, pool, wo
 
 
 def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, fast: bool = True,
-                  incremental: bool = True):
+                  incremental: bool = True, grey: bool = False):
     """Yield uint8 frames batch by batch.
 
     Args:
@@ -319,33 +349,38 @@ def render_frames(verts: torch.Tensor, faces: torch.Tensor, camera, batch: int, 
         incremental: (fast only) render the first frame whole and, for every frame, only
             the rectangle of :func:`changing_window`; same pixels as rendering each frame
             whole (tested), 2-4x faster on talking faces.
+        grey: yield one channel (the renders are grey: default albedo, white lights).
     Yields:
-        (b, H, W, 3) uint8 numpy arrays, b <= batch, in order.
+        (b, H, W, 3) uint8 numpy arrays, b <= batch, in order; (b, H, W, 1) with ``grey``.
     """
+    channels = 1 if grey else 3
     from talkinghead_cli.render import render_mesh
 
     if not fast:
         with torch.no_grad():
             for start in range(0, verts.shape[0], batch):
-                yield to_uint8(render_mesh(verts[start:start + batch], faces, camera).images)
+                yield to_uint8(render_mesh(verts[start:start + batch], faces, camera).images[..., :channels])
         return
     with torch.no_grad(), _frame_parallel(verts.device) as workers, \
             ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         if not incremental:
             for start in range(0, verts.shape[0], batch):
-                grey = _preview_parallel(verts[start:start + batch], faces, camera, pool, workers)
-                yield to_uint8(grey.expand(-1, -1, -1, 3))
+                image = _preview_parallel(verts[start:start + batch], faces, camera, pool, workers)
+                yield to_uint8(image.expand(-1, -1, -1, channels))
             return
-        # the first frame in full, then only the rectangle where frames differ from it
+        # the first frame in full, then only the rectangle where frames differ from it, from
+        # the faces that reach it (and their neighbours, so that normals stay exact)
         window = changing_window(verts, faces, camera)
         first = preview_render(verts[:1], faces, camera)[..., :1]
+        if window is not None:
+            sub_verts, sub_faces = _window_mesh(verts, faces, camera, window)
         for start in range(0, verts.shape[0], batch):
-            grey = first.expand(min(batch, verts.shape[0] - start), -1, -1, -1).clone()
+            image = first.expand(min(batch, verts.shape[0] - start), -1, -1, -1).clone()
             if window is not None:
                 top, left, h, w = window
-                grey[:, top:top + h, left:left + w] = _preview_parallel(verts[start:start + batch], faces,
-                                                                        camera, pool, workers, window)
-            yield to_uint8(grey.expand(-1, -1, -1, 3))
+                image[:, top:top + h, left:left + w] = _preview_parallel(sub_verts[start:start + batch], sub_faces,
+                                                                         camera, pool, workers, window)
+            yield to_uint8(image.expand(-1, -1, -1, channels))
 
 
 # ----------------------------------------------------------------------------- ffmpeg
@@ -359,10 +394,11 @@ def ffmpeg_exe() -> str:
 
 
 def ffmpeg_command(out: Path, width: int, height: int, fps: float, audio_wav: Path | None,
-                   crf: int = 20, preset: str = "veryfast") -> list[str]:
-    """The ffmpeg command line: raw rgb24 frames on stdin (+ a WAV) -> H.264/AAC MP4."""
+                   crf: int = 20, preset: str = "veryfast", pix_fmt: str = "rgb24") -> list[str]:
+    """The ffmpeg command line: raw frames on stdin (``rgb24``, or ``gray`` for one channel)
+    (+ a WAV) -> H.264/AAC MP4."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{fps:g}",
+           "-f", "rawvideo", "-pix_fmt", pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps:g}",
            "-i", "pipe:0"]
     if audio_wav is not None:
         cmd += ["-i", str(audio_wav)]
@@ -396,7 +432,8 @@ class _FrameWriter:
                 pass
 
     def write(self, frames: np.ndarray) -> None:
-        """frames: (b, H, W, 3) uint8 (handed over: the caller must not modify it)."""
+        """frames: (b, H, W, C) uint8, C as the command's pixel format (handed over: the caller
+        must not modify it)."""
         self._queue.put(memoryview(np.ascontiguousarray(frames)).cast("B"))
 
     def close(self) -> int:
@@ -518,10 +555,11 @@ def render_preview(
 def _encode(verts, faces, camera, tmp: Path, size: int, fps: float, wav_path: Path | None,
             log_path: Path, batch: int, progress: ProgressFn | None) -> None:
     """Render verts (T, V, 3) batch by batch into ffmpeg; raise if ffmpeg fails."""
-    writer = _FrameWriter(ffmpeg_command(tmp, size, size, fps, wav_path), log_path)
+    # previews are grey: one channel through the pipe (a third of the bytes), ffmpeg makes Y'UV
+    writer = _FrameWriter(ffmpeg_command(tmp, size, size, fps, wav_path, pix_fmt="gray"), log_path)
     total, done = verts.shape[0], 0
     try:
-        for frames in render_frames(verts, faces, camera, batch):
+        for frames in render_frames(verts, faces, camera, batch, grey=True):
             if frames.shape[1:3] != (size, size):
                 raise RuntimeError(f"renderer returned {frames.shape[1:3]} frames, expected {size}x{size}")
             writer.write(frames)

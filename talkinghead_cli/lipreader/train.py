@@ -377,8 +377,8 @@ def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
             training utterances.
         log: called with ``{"event": "start"|"init"|"rendered"|"epoch", ...}``.
     """
+    from talkinghead_cli.device import resolve_device
     from talkinghead_cli.lipreader.checkpoint import load_expert
-    from talkinghead_cli.training.trainer import resolve_device
 
     log = log or (lambda e: None)
     device = resolve_device(cfg.device)

@@ -44,6 +44,7 @@ from talkinghead_cli.data.dataset import (
     open_corpus,
     read_transcripts,
 )
+from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
@@ -61,19 +62,6 @@ class TrainResult:
     best_epoch: int | None
     best: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"unknown device '{name}'", None, "use auto, cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for but no GPU is available", None, "use --device cpu")
-    return dev
 
 
 class _TrainStep(torch.nn.Module):

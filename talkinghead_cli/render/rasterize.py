@@ -25,6 +25,10 @@ two-pass equivalent). Soft pairs come from the dilated boxes of silhouette faces
 by a cheap edge-function test before the exact distance. The renderer then recomputes, with
 autograd, only the selected pairs (see :mod:`.renderer`).
 
+On CPU with numba installed, :func:`rasterize` runs the compiled layers of :mod:`.rasterize_jit`
+instead (per-face loops over the same boxes, same arithmetic, identical pairs; about 10x faster
+on lip windows); the PyTorch pass below is their reference (``jit=False``) and the GPU path.
+
 Face indices: edge ``k`` of a face is the edge opposite its vertex ``k``, i.e. from vertex
 ``k+1`` to vertex ``k+2`` (mod 3); its barycentric ``w_k`` is negative on the outer side.
 """
@@ -33,7 +37,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+from talkinghead_cli.render import rasterize_jit
 
 _NEIGHBOUR_CACHE: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -153,7 +160,7 @@ def _winner(pix: torch.Tensor, score: torch.Tensor, n: int, largest: bool, tiebr
 
 def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int], perspective: bool,
               sigma: float, cutoff: float = 4.0, cull_backfaces: bool = False,
-              hard_layer=None) -> Fragments:
+              hard_layer=None, jit: bool | None = None) -> Fragments:
     """Find the hard and soft layers (no autograd).
 
     Args:
@@ -167,9 +174,19 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
             screen), which halves the work on closed meshes.
         hard_layer: optional other search for the hard layer, called as
             ``hard_layer(pv, faces, valid (B, F) bool, image_size, perspective) -> (pix, face)``.
+        jit: use the compiled layers of :mod:`.rasterize_jit` (same pairs; this function's
+            PyTorch pass is their reference). None: when ``pv`` is a float32/float64 CPU tensor,
+            numba is installed and no ``hard_layer`` is given. With ``hard_layer`` and
+            ``jit=True`` only the soft layer is compiled.
     Returns:
-        :class:`Fragments`.
+        :class:`Fragments`, pixels in increasing order on the compiled path (the order of the
+        pairs carries no meaning).
     """
+    if jit is None:
+        jit = (pv.device.type == "cpu" and pv.dtype in (torch.float32, torch.float64) and hard_layer is None
+               and rasterize_jit.available())
+    if jit:
+        return _rasterize_jit(pv, faces, image_size, perspective, sigma, cutoff, cull_backfaces, hard_layer)
     with torch.no_grad():
         pv = pv.detach()
         B = pv.shape[0]
@@ -195,6 +212,42 @@ def rasterize(pv: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int]
         else:
             soft_pix = soft_face = torch.zeros(0, dtype=torch.long, device=pv.device)
         return Fragments(hard_pix, hard_face, soft_pix, soft_face, (B, H, W))
+
+
+def _rasterize_jit(pv, faces, image_size, perspective, sigma, cutoff, cull_backfaces, hard_layer) -> Fragments:
+    """:func:`rasterize` on the compiled layers (CPU; frames split over torch's thread count)."""
+    B = pv.shape[0]
+    H, W = image_size
+    p = pv.detach().cpu().contiguous().numpy()
+    if p.dtype not in (np.float32, np.float64):
+        p = p.astype(np.float32)
+    f = faces.detach().cpu().long().contiguous().numpy()
+    threads = torch.get_num_threads()
+    area2, valid = rasterize_jit.face_setup(p, f, perspective, cull_backfaces, threads)
+    if hard_layer is None:
+        face_map, zmap = rasterize_jit.hard_layer(p, f, area2, valid, H, W, perspective, threads)
+        hard_pix = torch.from_numpy(np.flatnonzero(face_map >= 0))
+        hard_face = torch.from_numpy(face_map[hard_pix.numpy()])
+    else:
+        with torch.no_grad():
+            pv = pv.detach()
+            hard_pix, hard_face = hard_layer(pv, faces, torch.from_numpy(valid).to(pv.device), image_size,
+                                             perspective)
+            zmap = _depth_map(pv, faces, hard_pix, hard_face, image_size, perspective).cpu().numpy()
+    if sigma > 0:
+        nb = edge_neighbours(faces.detach().cpu().long()).numpy()
+        pix, face, d2 = rasterize_jit.soft_layer(p, f, nb, area2, valid, zmap, H, W, perspective, sigma, cutoff,
+                                                 threads)
+        # the distances of the few candidates left with torch's own square root, as the reference
+        # (it is not always correctly rounded, and near-ties between faces hang on the last bit)
+        dist = torch.sqrt(torch.from_numpy(d2).clamp_min(1e-20)).numpy()
+        soft_map = rasterize_jit.pick_soft(pix, face, dist, B * H * W, sigma, cutoff)
+        soft_pix = torch.from_numpy(np.flatnonzero(soft_map >= 0))
+        soft_face = torch.from_numpy(soft_map[soft_pix.numpy()])
+    else:
+        soft_pix = soft_face = torch.zeros(0, dtype=torch.long)
+    dev = pv.device
+    return Fragments(hard_pix.to(dev), hard_face.to(dev), soft_pix.to(dev), soft_face.to(dev), (B, H, W))
 
 
 _EXACT_TILES = 8  # tile sides 1..8 are consecutive: a box of n pixels gets a tile of exactly n

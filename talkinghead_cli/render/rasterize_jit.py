@@ -384,6 +384,8 @@ def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspe
         out[spans.index((b0, b1))] = (pix[keep] + b0 * n, face[keep], d2[keep])
 
     _run(kernel, spans, threads)
+    if not out:  # no frames
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, pv.dtype)
     return tuple(np.concatenate(parts) for parts in zip(*out))
 
 

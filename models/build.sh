@@ -15,17 +15,18 @@ avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0
 avtalk finetune-expert --dataset synthetic --data-root "$work/corpus" -o "$work/runs/expert" \
     --config "$here/expert-tiny.json"
 
-# 3. a shared MSE-only start for both animators (same seed)
+# 3. a shared start for both animators (vertex MSE + lip-vertex loss, same seed)
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base" \
     --size tiny --epochs 12 --seed 0
 
 # 4. stage 2: the same animator continued with and without the lip-reading loss
-#    (same start, seed and epochs; the AV twin adds lambda_av * L_av)
+#    (same start, seed and epochs; the MSE twin trains on the vertex MSE alone, the AV twin adds
+#    the lip-vertex loss and lambda_av * L_av, lambda_av chosen on val: see models/avtalk-tiny.md)
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/mse" \
-    --size tiny --epochs 1 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt"
+    --size tiny --epochs 2 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" --lambda-rlv 0
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/av" \
-    --size tiny --epochs 1 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" \
-    --av-loss --expert "$work/runs/expert/best.pt"
+    --size tiny --epochs 2 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" \
+    --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 3e-8
 
 # 5. the paper's table in our setting
 for split in test test_b; do

@@ -5,7 +5,7 @@ For each recording the bundled default animator is run in-process (the library f
 model's own fps:
 
 - mouth opening: mean height of the upper-lip minus the lower-lip midline vertices
-  (``metrics.mouth_opening``; the vertex sets are the synthetic rig's ``lip_midline``, or, for a
+  (``data.synthetic.regions.lip_gap``; the vertex sets are the synthetic rig's ``lip_midline``, or, for a
   model without that rig, the checkpoint's lip vertices near the centre line split at their
   median height);
 - loudness: linear RMS of the audio the model heard (resampled to its rate) in a window of one
@@ -54,6 +54,7 @@ from talkinghead_cli import metrics
 from talkinghead_cli.animate import AUDIO_SUFFIXES, animate
 from talkinghead_cli.audio import load_audio
 from talkinghead_cli.config import AnimateConfig
+from talkinghead_cli.data.synthetic.regions import lip_gap
 
 REFERENCE = REPO / "examples" / "speech.wav"
 # Where the recordings come from, by a fragment of their path (see the docstring).
@@ -123,13 +124,13 @@ def measure(wav: Path, checkpoint: str | None, out: Path, max_lag: int) -> dict:
     verts = np.load(out / "vertices.npy")
     face = dict(np.load(out / "face.npz"))
     up, lo, how = lip_sets(face, verts.shape[1])
-    opening = metrics.mouth_opening(torch.from_numpy(verts), torch.from_numpy(up), torch.from_numpy(lo))
+    opening = torch.from_numpy(lip_gap(verts.astype(np.float64), up, lo))
     audio = load_audio(wav, meta["sample_rate"])
     env = metrics.loudness_envelope(torch.from_numpy(audio), meta["sample_rate"], res.fps, res.frames)
     db = 20 * torch.log10(env.clamp(min=float(env.max()) * 10 ** (-50 / 20) + 1e-12))
     lags = metrics.lagged_pearson(opening, env, max_lag)
     best = max(lags, key=lambda k: -np.inf if np.isnan(lags[k]) else lags[k])
-    rest = metrics.mouth_opening(torch.from_numpy(face["template"][None]), torch.from_numpy(up), torch.from_numpy(lo))
+    rest = torch.from_numpy(lip_gap(face["template"][None].astype(np.float64), up, lo))
     rel = (opening - rest).numpy() * 1000  # mm, relative to the template's (rest) opening
     return {"seconds": res.duration, "frames": res.frames, "wall": seconds_wall, "how": how,
             "open_mm": (float(np.percentile(rel, 5)), float(np.percentile(rel, 95))),

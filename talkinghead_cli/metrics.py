@@ -125,26 +125,8 @@ class MetricAccumulator:
 
 
 # ----------------------------------------------------------------------------- speech and motion
-# Does the mouth open when the speech is loud? (issue 6, benchmarks/bench_real_speech.py)
-
-
-def mouth_opening(verts: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, axis: int = 1) -> torch.Tensor:
-    """Vertical lip opening per frame: mean height of the upper-lip vertices minus that of
-    the lower-lip ones (the same measure as ``data.synthetic.regions.lip_gap``, for any mesh).
-
-    Args:
-        verts: (T, V, 3); upper, lower: (N,) and (M,) vertex indices.
-        axis: the up axis (1: +Y up, the rigs' and templates' convention).
-    Returns:
-        (T,) float64, in the mesh's units; grows as the mouth opens.
-    """
-    verts = torch.as_tensor(verts).double()
-    up = torch.as_tensor(upper, dtype=torch.long)
-    lo = torch.as_tensor(lower, dtype=torch.long)
-    if verts.ndim != 3 or not len(up) or not len(lo):
-        raise ValueError(f"expected verts (T, V, 3) and non-empty lip index sets, got {tuple(verts.shape)}, "
-                         f"{len(up)} upper and {len(lo)} lower indices")
-    return verts[:, up, axis].mean(-1) - verts[:, lo, axis].mean(-1)
+# Does the mouth open when the speech is loud? (benchmarks/bench_real_speech.py; the mouth
+# opening itself is ``data.synthetic.regions.lip_gap``)
 
 
 def loudness_envelope(wave: torch.Tensor, sample_rate: float, fps: float, num_frames: int,

@@ -5,8 +5,9 @@ readable reference; tests compare the two): every face walks the pixel centres o
 bounding box, keeps those whose barycentrics pass the inside test (``_INSIDE_EPS`` on
 shared edges), and the nearest face wins; the pixel gets the face's corner greys
 interpolated (Gouraud). Ties in depth go to the lower face index, as in the reference.
-Compiled, a 512² frame of a 9k-face head takes about a millisecond instead of tens, and
-the kernel releases the GIL, so frames render in parallel threads.
+The corner greys come from :func:`lit_vertices`, the same normals and lights as
+``render.shade``. Compiled, a 512² frame of the bundled 8k-face head takes about 4 ms
+instead of about 25 ms, and the kernels release the GIL, so frames render in parallel threads.
 
 numba is optional (``pip install "avtalk[fast]"``, part of ``[all]``): without it
 :func:`available` is False and previews use the PyTorch pass. The first call compiles the

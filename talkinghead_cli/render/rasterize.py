@@ -26,8 +26,8 @@ by a cheap edge-function test before the exact distance. The renderer then recom
 autograd, only the selected pairs (see :mod:`.renderer`).
 
 On CPU with numba installed, :func:`rasterize` runs the compiled layers of :mod:`.rasterize_jit`
-instead (per-face loops over the same boxes, same arithmetic, identical pairs; about 10x faster
-on lip windows); the PyTorch pass below is their reference (``jit=False``) and the GPU path.
+instead (per-face loops over the same boxes, same arithmetic, identical pairs; about 6x faster
+on the bundled face's lip windows); the PyTorch pass below is their reference (``jit=False``) and the GPU path.
 
 Face indices: edge ``k`` of a face is the edge opposite its vertex ``k``, i.e. from vertex
 ``k+1`` to vertex ``k+2`` (mod 3); its barycentric ``w_k`` is negative on the outer side.

@@ -50,14 +50,24 @@ try:  # pragma: no cover - exercised where numba is installed
         return int(min(max(t, -1.0), n - 1))
 
     @numba.njit(cache=True, nogil=True)
+    def _pixel_box(x0, x1, x2, y0, y1, y2, r, half, H, W):  # pragma: no cover - compiled
+        """Inclusive pixel box (xl, xh, yl, yh) of a triangle dilated by r, as rasterize._box."""
+        return (_box_lo(min(x0, x1, x2), r, half, W), _box_hi(max(x0, x1, x2), r, half, W),
+                _box_lo(min(y0, y1, y2), r, half, H), _box_hi(max(y0, y1, y2), r, half, H))
+
+    @numba.njit(cache=True, nogil=True)
+    def _corners(pv, faces, b, f):  # pragma: no cover - compiled
+        """x0, y0, z0, x1, y1, z1, x2, y2, z2 of face f in frame b."""
+        i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
+        return (pv[b, i0, 0], pv[b, i0, 1], pv[b, i0, 2], pv[b, i1, 0], pv[b, i1, 1], pv[b, i1, 2],
+                pv[b, i2, 0], pv[b, i2, 1], pv[b, i2, 2])
+
+    @numba.njit(cache=True, nogil=True)
     def _setup(pv, faces, perspective, cull, c, area2, valid):  # pragma: no cover - compiled
         """Signed doubled screen area (B, F) and the drawable faces (B, F) of each frame."""
         for b in range(pv.shape[0]):
             for f in range(faces.shape[0]):
-                i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                x0, y0, z0 = pv[b, i0, 0], pv[b, i0, 1], pv[b, i0, 2]
-                x1, y1, z1 = pv[b, i1, 0], pv[b, i1, 1], pv[b, i1, 2]
-                x2, y2, z2 = pv[b, i2, 0], pv[b, i2, 1], pv[b, i2, 2]
+                x0, y0, z0, x1, y1, z1, x2, y2, z2 = _corners(pv, faces, b, f)
                 a = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
                 area2[b, f] = a
                 ok = abs(a) > c[_AREA_EPS]
@@ -79,12 +89,8 @@ try:  # pragma: no cover - exercised where numba is installed
             for f in range(faces.shape[0]):
                 if not valid[b, f]:
                     continue
-                i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                x0, y0, z0 = pv[b, i0, 0], pv[b, i0, 1], pv[b, i0, 2]
-                x1, y1, z1 = pv[b, i1, 0], pv[b, i1, 1], pv[b, i1, 2]
-                x2, y2, z2 = pv[b, i2, 0], pv[b, i2, 1], pv[b, i2, 2]
-                xl, xh = _box_lo(min(x0, x1, x2), zero, half, W), _box_hi(max(x0, x1, x2), zero, half, W)
-                yl, yh = _box_lo(min(y0, y1, y2), zero, half, H), _box_hi(max(y0, y1, y2), zero, half, H)
+                x0, y0, z0, x1, y1, z1, x2, y2, z2 = _corners(pv, faces, b, f)
+                xl, xh, yl, yh = _pixel_box(x0, x1, x2, y0, y1, y2, zero, half, H, W)
                 if xl > xh or yl > yh:
                     continue
                 e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
@@ -184,12 +190,8 @@ try:  # pragma: no cover - exercised where numba is installed
                               _silhouette(nb, area2, valid, b, f, 2))
                 if not (s0 or s1 or s2):
                     continue
-                i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                x0, y0, z0 = pv[b, i0, 0], pv[b, i0, 1], pv[b, i0, 2]
-                x1, y1, z1 = pv[b, i1, 0], pv[b, i1, 1], pv[b, i1, 2]
-                x2, y2, z2 = pv[b, i2, 0], pv[b, i2, 1], pv[b, i2, 2]
-                xl, xh = _box_lo(min(x0, x1, x2), r, half, W), _box_hi(max(x0, x1, x2), r, half, W)
-                yl, yh = _box_lo(min(y0, y1, y2), r, half, H), _box_hi(max(y0, y1, y2), r, half, H)
+                x0, y0, z0, x1, y1, z1, x2, y2, z2 = _corners(pv, faces, b, f)
+                xl, xh, yl, yh = _pixel_box(x0, x1, x2, y0, y1, y2, r, half, H, W)
                 if xl > xh or yl > yh:
                     continue
                 if _hidden(zmap, base, H, W, xl, xh, yl, yh, h, min(z0, z1, z2)):

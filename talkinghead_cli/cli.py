@@ -168,6 +168,7 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="constant (default) or cosine (decays to 0 over the run)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per optimizer step."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (e.g. CodeTalker stage 1's best.pt)."),
     faces_from: Optional[Path] = typer.Option(None, "--faces-from", help="Mesh file giving the dataset's faces."),
@@ -187,7 +188,7 @@ def train_cmd(
     base = read_config_file(config) if config else {}
     flags = dict(dataset=dataset, data_root=data_root, run_dir=run_dir, epochs=epochs, animator=animator,
                  size=size, encoder=encoder, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
-                 batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
+                 lr_schedule=lr_schedule, batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
                  av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
                  expert_mode=expert_mode, av_mode=av_mode)
     cfg = build_config(TrainConfig, base, flags, config, command="train")

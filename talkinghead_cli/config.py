@@ -34,6 +34,9 @@ class TrainConfig(_Strict):
     animator_options: dict[str, Any] = Field(default_factory=dict)
     init_from: Optional[Path] = None  # e.g. the CodeTalker stage-1 run's best.pt for stage 2
     lr: float = Field(1e-4, gt=0)
+    # "cosine": lr * (1 + cos(pi * step / steps)) / 2 over the run's optimizer steps (a function of
+    # the step alone, so a resumed run continues the same curve); "constant": lr throughout
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     batch_size: int = Field(1, ge=1)  # sequences per optimizer step (gradients accumulated)
     grad_clip: Optional[float] = Field(1.0, gt=0)
     lip_weight: float = Field(1.0, ge=0)  # lambda_rlv: MSE over lip vertices, when known

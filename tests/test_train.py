@@ -16,7 +16,7 @@ from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.training.checkpoint import load_checkpoint
-from talkinghead_cli.training.trainer import _Dist, _shard, train
+from talkinghead_cli.training.trainer import _Dist, _shard, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,3 +164,34 @@ def test_resumed_run_follows_the_uninterrupted_course(corpus, tmp_path):
     assert a["extra"]["history"] == b["extra"]["history"]
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_cosine_schedule_decays_and_a_killed_run_resumes_on_its_curve(corpus, tmp_path):
+    assert lr_factor("cosine", 0, 8) == 1.0 and lr_factor("cosine", 4, 8) == pytest.approx(0.5)
+    assert lr_factor("cosine", 8, 8) == pytest.approx(0.0) and lr_factor("constant", 5, 8) == 1.0
+    base = dict(dataset="vocaset", data_root=corpus, lr=1e-3, seed=3, epochs=2, lr_schedule="cosine")
+    train(TrainConfig(**base, run_dir=tmp_path / "a"))
+
+    def stop_after_first_epoch(event):
+        if event["event"] == "epoch" and event["epoch"] == 1:
+            raise _Stop  # after epoch 1's checkpoints are written, as a kill there would leave them
+
+    with pytest.raises(_Stop):
+        train(TrainConfig(**base, run_dir=tmp_path / "b"), log=stop_after_first_epoch)
+    train(TrainConfig(**base, run_dir=tmp_path / "b", resume=True))
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    # 4 sequences x 2 epochs = 8 steps: the last update ran at factor (1 + cos(7/8 pi)) / 2
+    assert a["extra"]["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", 7, 8))
+    assert a["extra"]["history"] == b["extra"]["history"]
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)
+    constant = dict(base, lr_schedule="constant")
+    train(TrainConfig(**constant, run_dir=tmp_path / "c"))
+    c = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert c["extra"]["optimizer"]["param_groups"][0]["lr"] == 1e-3
+    assert any(not torch.equal(c["state_dict"][k], v) for k, v in a["state_dict"].items())

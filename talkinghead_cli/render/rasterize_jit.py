@@ -290,13 +290,20 @@ def _split(B: int, threads: int) -> list[tuple[int, int]]:
     return [(cuts[k], cuts[k + 1]) for k in range(n) if cuts[k] < cuts[k + 1]]
 
 
+_POOL: list = [None, 0]  # one executor per process, kept between calls: [pool, its workers]
+
+
 def _run(kernel, spans, threads: int):
-    """Run ``kernel(b0, b1)`` over frame spans, in threads when there are several."""
-    if len(spans) == 1:
-        kernel(*spans[0])
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda s: kernel(*s), spans))
+    """Run ``kernel(b0, b1)`` over frame spans: the first span in the calling thread, the others
+    in a kept pool of worker threads (the kernels release the GIL)."""
+    if len(spans) > 1:
+        if _POOL[1] < len(spans) - 1:
+            _POOL[0], _POOL[1] = ThreadPoolExecutor(len(spans) - 1, thread_name_prefix="avtalk-jit"), len(spans) - 1
+        others = [_POOL[0].submit(kernel, *s) for s in spans[1:]]
+    kernel(*spans[0])
+    if len(spans) > 1:
+        for job in others:
+            job.result()
 
 
 def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool, threads: int = 1):

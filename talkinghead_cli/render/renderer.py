@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.render import shade_jit
 from talkinghead_cli.render.camera import Camera
 from talkinghead_cli.render.rasterize import Fragments, point_triangle, rasterize
 from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
@@ -233,6 +234,13 @@ def _hard_buffers(tri, idx, px, py, perspective):
         return torch.stack([1.0 - u1 - u2, u1, u2], 1), d
 
 
+def jit_shading(verts: torch.Tensor, camera: Camera) -> bool:
+    """Whether :func:`vertex_colors` takes the compiled grey shading of :mod:`.shade_jit`
+    (CPU float32/float64, numba installed, a camera rotation that needs no gradient)."""
+    return (verts.device.type == "cpu" and verts.dtype in (torch.float32, torch.float64)
+            and not camera.R.requires_grad and shade_jit.available())
+
+
 def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
     """Gouraud lighting at the vertices.
 
@@ -240,6 +248,8 @@ def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
     the single grey channel (C = 1) that all three channels share.
     """
     B, V = verts.shape[:2]
+    if colors is None and jit_shading(verts, camera):
+        return shade_jit.grey_vertex_shading(verts, faces, camera.R, lights or Lights(), GREY).reshape(B * V, 1)
     normals = camera.rotate(vertex_normals(verts, faces)).reshape(B * V, 3)
     if colors is None:
         return lambert(normals, torch.full_like(normals[:, :1], GREY), lights)

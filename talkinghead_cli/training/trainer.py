@@ -195,12 +195,22 @@ def validate(model, dataset: SequenceDataset, device: torch.device, stage: int =
     return result
 
 
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Multiplier of the base learning rates at optimizer step ``step`` (0-based) of ``steps``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+    return 1.0
+
+
 def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset, order: list[int],
                cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None],
-               av: _AV | None = None) -> float:
-    """One pass over ``order``; returns the mean training loss."""
+               av: _AV | None = None, epoch: int = 0) -> float:
+    """One pass over ``order`` (epoch ``epoch``); returns the mean training loss."""
     losses = []
     opt.zero_grad(set_to_none=True)
+    per_epoch = -(-len(order) // cfg.batch_size)  # optimizer steps per epoch
+    for group in opt.param_groups:
+        group.setdefault("base_lr", group["lr"])
     for i, idx in enumerate(order):
         group_start = i - i % cfg.batch_size
         group_size = min(cfg.batch_size, len(order) - group_start)
@@ -216,6 +226,9 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
                                         av=av_out, av_weight=cfg.lambda_av)
             scaler.scale(loss / group_size).backward()
         if last_in_group:
+            factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
@@ -284,7 +297,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | Non
 def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
-        keep = ("lr", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
+        keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
         cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
@@ -329,7 +342,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
             report(progress if d.main else None, done + counter["i"], total)
 
         loss = _run_epoch(step_module, model, opt, scaler, autocast, train_ds,
-                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick, av)
+                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick, av, epoch)
         if d.main:
             history, best = _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device,
                                           epoch, loss, history, best, log, av)

@@ -1,0 +1,94 @@
+"""CPU fast paths against their readable references: the expert's 3D stem as a 2D convolution,
+and the compiled grey vertex shading."""
+
+import pytest
+import torch
+
+from talkinghead_cli.lipreader.frontends import VideoFrontend, stem_as_2d
+from talkinghead_cli.render import renderer, shade_jit
+from talkinghead_cli.render.camera import Camera
+from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
+
+
+@pytest.mark.parametrize("t", [1, 2, 9])
+def test_stem_as_2d_equals_the_3d_convolution_values_and_gradients(t):
+    torch.manual_seed(t)
+    conv = torch.nn.Conv3d(1, 6, (5, 7, 7), (1, 2, 2), (2, 3, 3), bias=False).double()
+    frames = torch.randn(2, t, 20, 18, dtype=torch.float64, requires_grad=True)
+    fast = stem_as_2d(frames, conv)
+    ref = conv(frames.unsqueeze(1)).transpose(1, 2).flatten(0, 1)
+    assert fast.shape == ref.shape == (2 * t, 6, 10, 9)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(fast, [frames, conv.weight], g),
+                    torch.autograd.grad(ref, [frames, conv.weight], g)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_video_frontend_fast_path_matches_the_reference_in_train_and_eval():
+    torch.manual_seed(0)
+    fe = VideoFrontend(8, (8, 8, 16, 16), (1, 1, 1, 1), "swish").double()
+    frames = torch.randn(2, 5, 24, 24, dtype=torch.float64)
+    for train in (True, False):
+        fe.train(train)
+        start = {k: v.clone() for k, v in fe.state_dict().items()}
+        fast = fe(frames)
+        after_fast = {k: v.clone() for k, v in fe.state_dict().items()}
+        fe.load_state_dict(start)
+        fe.fast_stem = False
+        ref = fe(frames)
+        fe.fast_stem = True
+        torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+        for k, v in fe.state_dict().items():  # batch-norm running statistics move alike
+            torch.testing.assert_close(after_fast[k], v, rtol=0, atol=1e-12)
+
+
+def _mesh(B=3, V=50, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    verts = torch.randn(B, V, 3, generator=g, dtype=dtype)
+    faces = torch.randint(0, V, (90, 3), generator=g)
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    return verts, faces
+
+
+def _reference_grey(verts, faces, R, lights, albedo):
+    normals = torch.matmul(vertex_normals(verts, faces), R.transpose(1, 2).to(verts))
+    flat = normals.reshape(-1, 3)
+    return lambert(flat, torch.full_like(flat[:, :1], albedo), lights).reshape(verts.shape[:2])
+
+
+needs_numba = pytest.mark.skipif(not shade_jit.available(), reason="numba is not installed")
+
+
+@needs_numba
+@pytest.mark.parametrize("per_frame_rotation", [False, True])
+def test_compiled_grey_shading_matches_the_reference_values_and_gradients(per_frame_rotation):
+    verts, faces = _mesh()
+    verts.requires_grad_(True)
+    R = torch.linalg.qr(torch.randn(3 if per_frame_rotation else 1, 3, 3, dtype=torch.float64))[0]
+    lights = Lights(ambient=0.2, directions=((0.3, 0.4, 1.0), (-0.6, 0.1, 0.5), (0, 0, -1)),
+                    intensities=(0.9, 0.5, 0.3))  # bright enough that some vertices clip at 1
+    fast = shade_jit.grey_vertex_shading(verts, faces, R, lights, 0.9)
+    ref = _reference_grey(verts, faces, R, lights, 0.9)
+    assert (ref == 1).any() and (ref < 1).any()
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    a, = torch.autograd.grad(fast, verts, g)
+    b, = torch.autograd.grad(ref, verts, g)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda v: shade_jit.grey_vertex_shading(v, faces, R, lights, 0.9),
+                                    (verts[:1].detach().requires_grad_(True),))
+
+
+@needs_numba
+def test_renderer_uses_the_compiled_shading_only_where_it_applies():
+    verts, faces = _mesh(dtype=torch.float32)
+    cam = Camera(R=torch.eye(3)[None], T=torch.tensor([[0.0, 0.0, -5.0]]), focal=torch.ones(1, 2),
+                 principal=torch.zeros(1, 2), image_size=(8, 8), projection="ortho")
+    assert renderer.jit_shading(verts, cam)
+    fast = renderer.vertex_colors(verts, faces, cam, None, None, gray=True)
+    ref = _reference_grey(verts, faces, cam.R, Lights(), renderer.GREY).reshape(-1, 1)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert not renderer.jit_shading(verts.half(), cam)
+    cam.R.requires_grad_(True)
+    assert not renderer.jit_shading(verts, cam)

@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--init-from", type=Path, default=None,
                     help="animator checkpoint to start from (stage 2 starts from a trained one) "
                          "[default: untrained]")
-    ap.add_argument("--lambda-av", type=float, default=3e-8)
+    ap.add_argument("--lambda-av", type=float, default=1e-8)
     ap.add_argument("--seconds", type=float, default=2.0, help="toy corpus: seconds per sequence")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())

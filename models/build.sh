@@ -20,13 +20,15 @@ avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base"
     --size tiny --epochs 12 --seed 0
 
 # 4. stage 2: the same animator continued with and without the lip-reading loss
-#    (same start, seed and epochs; the MSE twin trains on the vertex MSE alone, the AV twin adds
-#    the lip-vertex loss and lambda_av * L_av, lambda_av chosen on val: see models/avtalk-tiny.md)
+#    (same start, seed, epochs and cosine learning-rate decay; the MSE twin trains on the vertex
+#    MSE alone, the AV twin adds the lip-vertex loss and lambda_av * L_av, lambda_av chosen on
+#    val: see models/avtalk-tiny.md)
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/mse" \
-    --size tiny --epochs 2 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" --lambda-rlv 0
+    --size tiny --epochs 2 --seed 1 --lr 3e-5 --lr-schedule cosine --init-from "$work/runs/base/best.pt" \
+    --lambda-rlv 0
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/av" \
-    --size tiny --epochs 2 --seed 1 --lr 3e-5 --init-from "$work/runs/base/best.pt" \
-    --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 3e-8
+    --size tiny --epochs 2 --seed 1 --lr 3e-5 --lr-schedule cosine --init-from "$work/runs/base/best.pt" \
+    --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-8
 
 # 5. the paper's table in our setting
 for split in test test_b; do

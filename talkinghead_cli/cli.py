@@ -175,7 +175,7 @@ def train_cmd(
     keep_60fps: Optional[bool] = typer.Option(None, "--keep-60fps", help="VOCASET: keep 60 fps instead of [::2]."),
     av_loss: Optional[bool] = typer.Option(None, "--av-loss", help="Add the lip-reading expert's loss on rendered lips (needs --expert and transcripts)."),
     expert: Optional[Path] = typer.Option(None, "--expert", help="Expert checkpoint from avtalk finetune-expert."),
-    lambda_av: Optional[float] = typer.Option(None, "--lambda-av", help="Weight of the AV loss [default: 3e-8, summed CTC/CE]."),
+    lambda_av: Optional[float] = typer.Option(None, "--lambda-av", help="Weight of the AV loss [default: 1e-8, summed CTC/CE]."),
     lambda_rlv: Optional[float] = typer.Option(None, "--lambda-rlv", help="Weight of the lip-vertex MSE [default: 1]."),
     lambda_mse: Optional[float] = typer.Option(None, "--lambda-mse", help="Weight of the vertex MSE [default: 1]; 0 with --lambda-rlv 0: AV loss alone."),
     expert_mode: Optional[str] = typer.Option(None, "--expert-mode", help="frozen (default) or joint (expert trained too, at lr/10)."),

@@ -34,18 +34,20 @@ try:  # pragma: no cover - exercised where numba is installed
     import numba
 
     @numba.njit(cache=True, nogil=True)
+    def _edges(verts, b, i0, i1, i2):  # pragma: no cover - compiled
+        """a = v1 - v0 and b = v2 - v0 of a triangle in frame b, as six scalars."""
+        return (verts[b, i1, 0] - verts[b, i0, 0], verts[b, i1, 1] - verts[b, i0, 1],
+                verts[b, i1, 2] - verts[b, i0, 2], verts[b, i2, 0] - verts[b, i0, 0],
+                verts[b, i2, 1] - verts[b, i0, 1], verts[b, i2, 2] - verts[b, i0, 2])
+
+    @numba.njit(cache=True, nogil=True)
     def _vertex_normals(verts, faces, m):  # pragma: no cover - compiled
         """m (B, V, 3) <- sum over faces of the face normals at each corner."""
         m[:] = 0.0
         for b in range(verts.shape[0]):
             for f in range(faces.shape[0]):
                 i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                ax = verts[b, i1, 0] - verts[b, i0, 0]
-                ay = verts[b, i1, 1] - verts[b, i0, 1]
-                az = verts[b, i1, 2] - verts[b, i0, 2]
-                bx = verts[b, i2, 0] - verts[b, i0, 0]
-                by = verts[b, i2, 1] - verts[b, i0, 1]
-                bz = verts[b, i2, 2] - verts[b, i0, 2]
+                ax, ay, az, bx, by, bz = _edges(verts, b, i0, i1, i2)
                 nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
                 for i in (i0, i1, i2):
                     m[b, i, 0] += nx
@@ -108,12 +110,7 @@ try:  # pragma: no cover - exercised where numba is installed
         for b in range(verts.shape[0]):
             for f in range(faces.shape[0]):
                 i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
-                ax = verts[b, i1, 0] - verts[b, i0, 0]
-                ay = verts[b, i1, 1] - verts[b, i0, 1]
-                az = verts[b, i1, 2] - verts[b, i0, 2]
-                bx = verts[b, i2, 0] - verts[b, i0, 0]
-                by = verts[b, i2, 1] - verts[b, i0, 1]
-                bz = verts[b, i2, 2] - verts[b, i0, 2]
+                ax, ay, az, bx, by, bz = _edges(verts, b, i0, i1, i2)
                 gx = grad_m[b, i0, 0] + grad_m[b, i1, 0] + grad_m[b, i2, 0]
                 gy = grad_m[b, i0, 1] + grad_m[b, i1, 1] + grad_m[b, i2, 1]
                 gz = grad_m[b, i0, 2] + grad_m[b, i1, 2] + grad_m[b, i2, 2]

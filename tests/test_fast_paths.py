@@ -92,3 +92,13 @@ def test_renderer_uses_the_compiled_shading_only_where_it_applies():
     assert not renderer.jit_shading(verts.half(), cam)
     cam.R.requires_grad_(True)
     assert not renderer.jit_shading(verts, cam)
+
+
+@needs_numba
+def test_compiled_grey_shading_of_no_frames():
+    verts, faces = _mesh()
+    none = verts[:0].clone().requires_grad_(True)
+    out = shade_jit.grey_vertex_shading(none, faces, torch.eye(3, dtype=torch.float64)[None], Lights(), 0.7)
+    assert out.shape == (0, verts.shape[1])
+    out.sum().backward()
+    assert none.grad.shape == none.shape

@@ -296,6 +296,8 @@ _POOL: list = [None, 0]  # one executor per process, kept between calls: [pool, 
 def _run(kernel, spans, threads: int):
     """Run ``kernel(b0, b1)`` over frame spans: the first span in the calling thread, the others
     in a kept pool of worker threads (the kernels release the GIL)."""
+    if not spans:  # no frames
+        return
     if len(spans) > 1:
         if _POOL[1] < len(spans) - 1:
             _POOL[0], _POOL[1] = ThreadPoolExecutor(len(spans) - 1, thread_name_prefix="avtalk-jit"), len(spans) - 1

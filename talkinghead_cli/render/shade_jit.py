@@ -135,46 +135,45 @@ def available() -> bool:
     return numba is not None
 
 
+def _arrays(verts, faces, R, dirs, inten):
+    """The kernels' inputs as numpy arrays in the vertices' dtype."""
+    dt = verts.dtype
+    return (verts.detach().contiguous().numpy(), faces.contiguous().numpy(),
+            R.detach().to(dt).contiguous().numpy(), dirs.to(dt).numpy(), inten.to(dt).numpy())
+
+
 class _GreyShading(torch.autograd.Function):
     @staticmethod
     def forward(ctx, verts, faces, R, dirs, inten, ambient, albedo):
-        v = verts.detach().contiguous().numpy()
-        f = faces.contiguous().numpy()
-        r = R.detach().to(verts.dtype).contiguous().numpy()
-        d, i = dirs.to(verts.dtype).numpy(), inten.to(verts.dtype).numpy()
+        v, f, r, d, i = _arrays(verts, faces, R, dirs, inten)
         B, V = v.shape[:2]
         m = np.empty((B, V, 3), dtype=v.dtype)
         out = np.empty((B, V), dtype=v.dtype)
-        empty = np.empty((0, 0), dtype=v.dtype)
+        no_grad = np.empty((0, 0), dtype=v.dtype)  # _shade's forward mode
         amb, alb, eps = _scalars(v.dtype, ambient, albedo)
         threads = torch.get_num_threads()
 
         def kernel(b0, b1):
             _vertex_normals(v[b0:b1], f, m[b0:b1])
-            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1], empty, m[b0:b1])
+            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1], no_grad, m[b0:b1])
 
         rasterize_jit._run(kernel, rasterize_jit._split(B, threads), threads)
         ctx.save_for_backward(verts, faces, R, dirs, inten)
-        ctx.m, ctx.shading = m, (ambient, albedo)
+        ctx.m, ctx.shading = m, (ambient, albedo)  # the vertex normals (unnormalised), kept for backward
         return torch.from_numpy(out)
 
     @staticmethod
     def backward(ctx, grad):
-        verts, faces, R, dirs, inten = ctx.saved_tensors
-        v = verts.detach().contiguous().numpy()
-        f = faces.contiguous().numpy()
-        r = R.detach().to(verts.dtype).contiguous().numpy()
-        d, i = dirs.to(verts.dtype).numpy(), inten.to(verts.dtype).numpy()
-        g = grad.detach().to(verts.dtype).contiguous().numpy()
+        v, f, r, d, i = _arrays(*ctx.saved_tensors)
+        g = grad.detach().to(ctx.saved_tensors[0].dtype).contiguous().numpy()
         m = ctx.m
-        gm = np.empty_like(m)
-        gv = np.empty_like(m)
-        out = np.empty((0, 0), dtype=v.dtype)
+        gm, gv = np.empty_like(m), np.empty_like(m)
+        no_out = np.empty((0, 0), dtype=v.dtype)  # _shade's backward mode writes gm only
         amb, alb, eps = _scalars(v.dtype, *ctx.shading)
         threads = torch.get_num_threads()
 
         def kernel(b0, b1):
-            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out, g[b0:b1], gm[b0:b1])
+            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, no_out, g[b0:b1], gm[b0:b1])
             _face_backward(v[b0:b1], f, gm[b0:b1], gv[b0:b1])
 
         rasterize_jit._run(kernel, rasterize_jit._split(v.shape[0], threads), threads)

@@ -7,7 +7,7 @@ step (animator forward, render, expert forward, expert backward, render backward
 animator backward + update), and the gradient-norm ratio on the lip vertices that
 ``lambda_av`` is chosen from:
 
-    ratio = |d(lambda_mse * L_mse)/d pred_lips| / |d L_av / d pred_lips|  (at the untrained animator)
+    ratio = |d(lambda_mse * L_mse)/d pred_lips| / |d L_av / d pred_lips|  (at the loaded animator)
 
 so ``lambda_av ~ ratio`` gives L_av's gradient on the lips the size of L_mse's.
 
@@ -170,7 +170,7 @@ def main() -> None:
             args.faces_from = args.faces_from or root / "templates" / "FLAME_sample.ply"
         b = Bench(args, root)
     torch.manual_seed(0)
-    r_mse, r_all = b.grad_ratio()  # before any update: the untrained animator
+    r_mse, r_all = b.grad_ratio()  # at the animator as loaded (--init-from) or initialised
     mse, av, ratio = _interleaved(b.mse_step, b.av_step, args.repeats)
     print(f"MSE-only step: {mse * 1e3:.1f} ms   AV step: {av * 1e3:.1f} ms   ratio {ratio:.2f}x "
           f"(target <= 3x; {args.threads} threads, medians of {args.repeats} interleaved pairs)")

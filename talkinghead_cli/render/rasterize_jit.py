@@ -25,6 +25,7 @@ numba is optional (``pip install "avtalk[fast]"``): without it :func:`available`
 
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -284,28 +285,27 @@ def _grids(dtype, H: int, W: int):
     return grid, grid + dtype(0.5)
 
 
-def _split(B: int, threads: int) -> list[tuple[int, int]]:
+def frame_spans(B: int, threads: int) -> list[tuple[int, int]]:
+    """``[(b0, b1), ...]``: B frames cut into at most ``threads`` contiguous, near-equal spans."""
     n = max(1, min(threads, B))
     cuts = [B * k // n for k in range(n + 1)]
     return [(cuts[k], cuts[k + 1]) for k in range(n) if cuts[k] < cuts[k + 1]]
 
 
-_POOL: list = [None, 0]  # one executor per process, kept between calls: [pool, its workers]
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads, made once per size and kept for the process."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="avtalk-jit")
 
 
-def _run(kernel, spans, threads: int):
+def run_spans(kernel, spans):
     """Run ``kernel(b0, b1)`` over frame spans: the first span in the calling thread, the others
     in a kept pool of worker threads (the kernels release the GIL)."""
-    if not spans:  # no frames
-        return
-    if len(spans) > 1:
-        if _POOL[1] < len(spans) - 1:
-            _POOL[0], _POOL[1] = ThreadPoolExecutor(len(spans) - 1, thread_name_prefix="avtalk-jit"), len(spans) - 1
-        others = [_POOL[0].submit(kernel, *s) for s in spans[1:]]
-    kernel(*spans[0])
-    if len(spans) > 1:
-        for job in others:
-            job.result()
+    jobs = [_pool(len(spans) - 1).submit(kernel, *s) for s in spans[1:]]
+    if spans:
+        kernel(*spans[0])
+    for job in jobs:
+        job.result()
 
 
 def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool, threads: int = 1):
@@ -321,8 +321,8 @@ def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool,
     area2 = np.empty((B, F), dtype=pv.dtype)
     valid = np.empty((B, F), dtype=np.bool_)
     c = constants(pv.dtype.type)
-    _run(lambda b0, b1: _setup(pv[b0:b1], faces, perspective, cull, c, area2[b0:b1], valid[b0:b1]),
-         _split(B, threads), threads)
+    run_spans(lambda b0, b1: _setup(pv[b0:b1], faces, perspective, cull, c, area2[b0:b1], valid[b0:b1]),
+              frame_spans(B, threads))
     return area2, valid
 
 
@@ -346,7 +346,7 @@ def hard_layer(pv, faces, area2, valid, H: int, W: int, perspective: bool, threa
         _hard(pv[b0:b1], faces, area2[b0:b1], valid[b0:b1], H, W, perspective, signed_zero, c, grid,
               grid_half, zbuf[b0 * n:b1 * n], fbuf[b0 * n:b1 * n])
 
-    _run(kernel, _split(B, threads), threads)
+    run_spans(kernel, frame_spans(B, threads))
     return fbuf, zbuf
 
 
@@ -376,7 +376,7 @@ def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspe
     dmin = np.empty(B * n, dtype=pv.dtype)
     c, (_, grid_half) = constants(dt, sigma, cutoff), _grids(dt, H, W)
     r2_hi = (cutoff * sigma * (1 + _SOFT_TOL)) ** 2
-    spans = _split(B, threads)
+    spans = frame_spans(B, threads)
     out = [None] * len(spans)
 
     def kernel(b0, b1):
@@ -394,7 +394,7 @@ def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspe
         keep = _near_best(pix, d2, dmin[s], c[_TINY], dt(1 + _SOFT_TOL))
         out[spans.index((b0, b1))] = (pix[keep] + b0 * n, face[keep], d2[keep])
 
-    _run(kernel, spans, threads)
+    run_spans(kernel, spans)
     if not out:  # no frames
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, pv.dtype)
     return tuple(np.concatenate(parts) for parts in zip(*out))

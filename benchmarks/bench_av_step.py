@@ -22,11 +22,13 @@ the same as a trained one's; the gradient ratio is indicative only).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import talkinghead_cli  # noqa: F401  (before torch: the package's OpenMP spin setting, see its __init__)
 import torch
 
 from talkinghead_cli.animator import AnimatorConfig, build_animator
@@ -173,7 +175,8 @@ def main() -> None:
     r_mse, r_all = b.grad_ratio()  # at the animator as loaded (--init-from) or initialised
     mse, av, ratio = _interleaved(b.mse_step, b.av_step, args.repeats)
     print(f"MSE-only step: {mse * 1e3:.1f} ms   AV step: {av * 1e3:.1f} ms   ratio {ratio:.2f}x "
-          f"(target <= 3x; {args.threads} threads, medians of {args.repeats} interleaved pairs)")
+          f"(target <= 3x; {args.threads} threads, medians of {args.repeats} interleaved pairs; "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')})")
     b.av_split()
     splits = [b.av_split() for _ in range(args.repeats)]
     for k in splits[0]:

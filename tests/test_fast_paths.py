@@ -1,12 +1,14 @@
 """CPU fast paths against their readable references: the expert's 3D stem as a 2D convolution,
-and the compiled grey vertex shading."""
+the compiled grey vertex shading and the compiled grey compositing."""
 
 import pytest
 import torch
 
 from talkinghead_cli.lipreader.frontends import VideoFrontend, stem_as_2d
-from talkinghead_cli.render import renderer, shade_jit
+from talkinghead_cli.render import composite_jit, renderer, shade_jit
 from talkinghead_cli.render.camera import Camera
+from talkinghead_cli.render.mouth import lip_window_camera
+from talkinghead_cli.render.rasterize import rasterize
 from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
 
 
@@ -101,4 +103,82 @@ def test_compiled_grey_shading_of_no_frames():
     out = shade_jit.grey_vertex_shading(none, faces, torch.eye(3, dtype=torch.float64)[None], Lights(), 0.7)
     assert out.shape == (0, verts.shape[1])
     out.sum().backward()
+    assert none.grad.shape == none.shape
+
+
+def _sheet(B=2, n=7, seed=0, dtype=torch.float64):
+    """A bumpy n x n grid with two cells cut out: boundary and hole outlines give soft pixels."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linspace(-1, 1, n, dtype=dtype)
+    x, y = torch.meshgrid(u, u, indexing="xy")
+    base = torch.stack([x, y, 0.3 * torch.sin(2 * x) * torch.cos(3 * y)], -1).reshape(-1, 3)
+    verts = base + 0.03 * torch.randn(B, n * n, 3, generator=g, dtype=dtype)
+    cells = [(i, j) for i in range(n - 1) for j in range(n - 1) if (i, j) not in ((3, 2), (3, 3))]
+    faces = []
+    for i, j in cells:
+        a, b, c, d = i * n + j, i * n + j + 1, (i + 1) * n + j, (i + 1) * n + j + 1
+        faces += [(a, b, d), (a, d, c)]
+    return verts, torch.tensor(faces)
+
+
+def _composite_both(monkeypatch, verts, faces, cam, sigma):
+    out = {}
+    for fast in (True, False):
+        monkeypatch.setattr(composite_jit, "available", lambda fast=fast: fast)
+        v = verts.detach().clone().requires_grad_(True)
+        r = renderer.render(v, faces, cam, gray=True, buffers=False, sigma=sigma)
+        g = torch.linspace(-1, 1, r.images.numel(), dtype=v.dtype).reshape(r.images.shape)
+        ga = torch.linspace(1, -1, r.alpha.numel(), dtype=v.dtype).reshape(r.alpha.shape)
+        grad, = torch.autograd.grad((r.images * g).sum() + (r.alpha * ga).sum(), v)
+        out[fast] = (r.images.detach(), r.alpha.detach(), grad)
+    return out
+
+
+@needs_numba
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+def test_compiled_compositing_matches_the_reference_values_and_gradients(monkeypatch, sigma):
+    verts, faces = _sheet()
+    cam = lip_window_camera(verts[0], torch.arange(verts.shape[1]), size=20, margin=0.1)
+    frag = rasterize(cam.project(verts), faces, (20, 20), False, sigma)
+    assert frag.hard_pix.numel() > 100 and (frag.soft_pix.numel() > 20) == (sigma > 0)
+    out = _composite_both(monkeypatch, verts, faces, cam, sigma)
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert out[True][2].abs().sum() > 0
+
+
+@needs_numba
+def test_compiled_compositing_passes_gradcheck_with_fixed_fragments():
+    verts, faces = _sheet(B=1, n=5, seed=3)
+    cam = lip_window_camera(verts[0], torch.arange(verts.shape[1]), size=10, margin=0.1)
+    pv = cam.project(verts).detach()
+    frag = rasterize(pv, faces, (10, 10), False, 0.8)
+    assert frag.soft_pix.numel() > 0
+    vcol = torch.rand(1, pv.shape[1], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda p, c: composite_jit.grey_composite(p, c, faces, frag, 0.2, 0.8),
+        (pv.requires_grad_(True), vcol.requires_grad_(True)))
+
+
+@needs_numba
+def test_renderer_composites_compiled_only_where_it_applies():
+    verts, faces = _sheet(dtype=torch.float32)
+    cam = lip_window_camera(verts[0], torch.arange(verts.shape[1]), size=12)
+    assert renderer.jit_composite(verts, cam, 1, buffers=False)
+    assert not renderer.jit_composite(verts, cam, 3, buffers=False)  # colour
+    assert not renderer.jit_composite(verts, cam, 1, buffers=True)  # depth / face buffers asked for
+    assert not renderer.jit_composite(verts.half(), cam, 1, buffers=False)
+    persp = Camera(R=torch.eye(3)[None], T=torch.tensor([[0.0, 0.0, 4.0]]), focal=torch.full((1, 2), 10.0),
+                   principal=torch.full((1, 2), 6.0), image_size=(12, 12), projection="persp")
+    assert not renderer.jit_composite(verts, persp, 1, buffers=False)
+
+
+@needs_numba
+def test_compiled_compositing_of_no_frames():
+    verts, faces = _sheet()
+    cam = lip_window_camera(verts[0], torch.arange(verts.shape[1]), size=8)
+    none = verts[:0].clone().requires_grad_(True)
+    r = renderer.render(none, faces, cam, gray=True, buffers=False)
+    assert r.images.shape == (0, 8, 8, 1)
+    r.images.sum().backward()
     assert none.grad.shape == none.shape

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.render import shade_jit
+from talkinghead_cli.render import composite_jit, shade_jit
 from talkinghead_cli.render.camera import Camera
 from talkinghead_cli.render.rasterize import Fragments, point_triangle, rasterize
 from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
@@ -241,6 +241,13 @@ def jit_shading(verts: torch.Tensor, camera: Camera) -> bool:
             and not camera.R.requires_grad and shade_jit.available())
 
 
+def jit_composite(verts: torch.Tensor, camera: Camera, channels: int, buffers: bool) -> bool:
+    """Whether :func:`render` composites with the compiled kernels of :mod:`.composite_jit`
+    (CPU float32/float64, numba installed, one grey channel, an orthographic camera, no buffers)."""
+    return (verts.device.type == "cpu" and verts.dtype in (torch.float32, torch.float64) and channels == 1
+            and not camera.perspective and not buffers and composite_jit.available())
+
+
 def vertex_colors(verts, faces, camera, colors, lights, gray: bool):
     """Gouraud lighting at the vertices.
 
@@ -318,6 +325,13 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
         vcol, C = vcol.expand(-1, 3), 3
     elif C == 1:
         bg = bg[:1]
+
+    if jit_composite(verts, camera, C, buffers):
+        image, alpha = composite_jit.grey_composite(pv, vcol.reshape(B, V), faces, frag, float(bg[0]), sigma)
+        images = image.reshape(B, H, W, C)
+        if not gray:  # grey: one channel computed, shown as RGB (an expanded view)
+            images = images.expand(B, H, W, 3)
+        return RenderOutput(images=images, alpha=alpha.reshape(B, H, W), depth=None, face_index=None, bary=None)
 
     # hard layer: planes of the faces it uses, evaluated at its pixels
     hp, hf = frag.hard_pix, frag.hard_face

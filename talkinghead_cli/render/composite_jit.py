@@ -201,7 +201,8 @@ class _GreyComposite(torch.autograd.Function):
             _forward(p[b0:b1], c[b0:b1], f, hmap[b0 * n:b1 * n], smap[b0 * n:b1 * n], H, W, bg, sigma,
                      image[b0 * n:b1 * n], alpha[b0 * n:b1 * n])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
         ctx.save_for_backward(pv, vcol, faces)
         ctx.maps, ctx.args = (hmap, smap), (H, W, bg, sigma)
         return torch.from_numpy(image), torch.from_numpy(alpha)
@@ -224,7 +225,8 @@ class _GreyComposite(torch.autograd.Function):
             _backward(p[b0:b1], c[b0:b1], f, hmap[s], smap[s], H, W, bg, sigma, gi[s], ga[s],
                       g_pv[b0:b1], g_vcol[b0:b1])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
         return torch.from_numpy(g_pv), torch.from_numpy(g_vcol), None, None, None, None, None, None, None
 
 

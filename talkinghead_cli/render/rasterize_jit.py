@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -285,9 +286,13 @@ def _grids(dtype, H: int, W: int):
     return grid, grid + dtype(0.5)
 
 
-def frame_spans(B: int, threads: int) -> list[tuple[int, int]]:
-    """``[(b0, b1), ...]``: B frames cut into at most ``threads`` contiguous, near-equal spans."""
-    n = max(1, min(threads, B))
+def frame_spans(B: int, threads: int, per_thread: int = 4, min_frames: int = 4) -> list[tuple[int, int]]:
+    """``[(b0, b1), ...]``: B frames cut into contiguous, near-equal spans for :func:`run_spans`:
+    one span for one thread, otherwise up to ``per_thread`` spans per thread (of at least
+    ``min_frames`` frames), so that threads that finish early take more (frames differ in work:
+    an open mouth has more outlines)."""
+    n = 1 if threads <= 1 else max(1, min(threads * per_thread, B // min_frames))
+    n = min(n, B) if B else 1
     cuts = [B * k // n for k in range(n + 1)]
     return [(cuts[k], cuts[k + 1]) for k in range(n) if cuts[k] < cuts[k + 1]]
 
@@ -298,14 +303,31 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="avtalk-jit")
 
 
-def run_spans(kernel, spans):
-    """Run ``kernel(b0, b1)`` over frame spans: the first span in the calling thread, the others
-    in a kept pool of worker threads (the kernels release the GIL)."""
-    jobs = [_pool(len(spans) - 1).submit(kernel, *s) for s in spans[1:]]
-    if spans:
-        kernel(*spans[0])
-    for job in jobs:
-        job.result()
+def run_spans(kernel, spans, threads: int) -> None:
+    """Run ``kernel(b0, b1)`` over frame spans on up to ``threads`` threads: the calling thread
+    and workers of a kept pool (the kernels release the GIL) each take the next span left until
+    none is. Spans must not write to each other's frames."""
+    threads = max(1, min(threads, len(spans)))
+    if threads == 1:
+        for span in spans:
+            kernel(*span)
+        return
+    left, lock = iter(spans), threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                span = next(left, None)
+            if span is None:
+                return
+            kernel(*span)
+
+    jobs = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for job in jobs:
+            job.result()
 
 
 def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool, threads: int = 1):
@@ -322,7 +344,7 @@ def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool,
     valid = np.empty((B, F), dtype=np.bool_)
     c = constants(pv.dtype.type)
     run_spans(lambda b0, b1: _setup(pv[b0:b1], faces, perspective, cull, c, area2[b0:b1], valid[b0:b1]),
-              frame_spans(B, threads))
+              frame_spans(B, threads), threads)
     return area2, valid
 
 
@@ -346,7 +368,7 @@ def hard_layer(pv, faces, area2, valid, H: int, W: int, perspective: bool, threa
         _hard(pv[b0:b1], faces, area2[b0:b1], valid[b0:b1], H, W, perspective, signed_zero, c, grid,
               grid_half, zbuf[b0 * n:b1 * n], fbuf[b0 * n:b1 * n])
 
-    run_spans(kernel, frame_spans(B, threads))
+    run_spans(kernel, frame_spans(B, threads), threads)
     return fbuf, zbuf
 
 
@@ -394,7 +416,7 @@ def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspe
         keep = _near_best(pix, d2, dmin[s], c[_TINY], dt(1 + _SOFT_TOL))
         out[spans.index((b0, b1))] = (pix[keep] + b0 * n, face[keep], d2[keep])
 
-    run_spans(kernel, spans)
+    run_spans(kernel, spans, threads)
     if not out:  # no frames
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, pv.dtype)
     return tuple(np.concatenate(parts) for parts in zip(*out))

@@ -157,7 +157,7 @@ class _GreyShading(torch.autograd.Function):
             _vertex_normals(v[b0:b1], f, m[b0:b1])
             _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1], no_grad, m[b0:b1])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads))
+        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
         ctx.save_for_backward(verts, faces, R, dirs, inten)
         ctx.m, ctx.shading = m, (ambient, albedo)  # the vertex normals (unnormalised), kept for backward
         return torch.from_numpy(out)
@@ -176,7 +176,7 @@ class _GreyShading(torch.autograd.Function):
             _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, no_out, g[b0:b1], gm[b0:b1])
             _face_backward(v[b0:b1], f, gm[b0:b1], gv[b0:b1])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(v.shape[0], threads))
+        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(v.shape[0], threads), threads)
         return torch.from_numpy(gv), None, None, None, None, None, None
 
 

@@ -1,11 +1,11 @@
 """CPU fast paths against their readable references: the expert's 3D stem as a 2D convolution,
-the compiled grey vertex shading and the compiled grey compositing."""
+the compiled grey vertex shading, grey compositing and orthographic projection."""
 
 import pytest
 import torch
 
 from talkinghead_cli.lipreader.frontends import VideoFrontend, stem_as_2d
-from talkinghead_cli.render import composite_jit, renderer, shade_jit
+from talkinghead_cli.render import composite_jit, project_jit, renderer, shade_jit
 from talkinghead_cli.render.camera import Camera
 from talkinghead_cli.render.mouth import lip_window_camera
 from talkinghead_cli.render.rasterize import rasterize
@@ -182,3 +182,45 @@ def test_compiled_compositing_of_no_frames():
     assert r.images.shape == (0, 8, 8, 1)
     r.images.sum().backward()
     assert none.grad.shape == none.shape
+
+
+def _ortho(B, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.linalg.qr(torch.randn(B, 3, 3, generator=g, dtype=torch.float64))[0].to(dtype)
+    return Camera(R=R, T=torch.randn(B, 3, generator=g, dtype=dtype), focal=torch.rand(B, 2, generator=g, dtype=dtype) + 1,
+                  principal=torch.randn(B, 2, generator=g, dtype=dtype), image_size=(16, 16), projection="ortho")
+
+
+@needs_numba
+@pytest.mark.parametrize("cam_batch", [1, 4])
+def test_compiled_projection_matches_the_reference_values_gradients_and_bounds(monkeypatch, cam_batch):
+    verts = torch.randn(4, 30, 3, dtype=torch.float64, requires_grad=True)
+    cam = _ortho(cam_batch)
+    assert cam.jit_projection(verts)
+    fast = cam.project(verts)
+    lo, hi = project_jit.screen_bounds(verts, cam)
+    monkeypatch.setattr(project_jit, "available", lambda: False)
+    assert not cam.jit_projection(verts)
+    ref = cam.project(verts)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    a, = torch.autograd.grad(fast, verts, g)
+    b, = torch.autograd.grad(ref, verts, g)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lo, ref[..., :2].amin(0).detach(), rtol=0, atol=1e-12)
+    torch.testing.assert_close(hi, ref[..., :2].amax(0).detach(), rtol=0, atol=1e-12)
+
+
+@needs_numba
+def test_compiled_projection_only_where_it_applies_and_nan_bounds():
+    verts = torch.randn(2, 5, 3)
+    cam = _ortho(1, torch.float32)
+    assert cam.jit_projection(verts) and not cam.jit_projection(verts.half())
+    persp = Camera(R=cam.R, T=cam.T, focal=cam.focal, principal=cam.principal, image_size=(16, 16),
+                   projection="persp")
+    assert not persp.jit_projection(verts)
+    cam.focal.requires_grad_(True)  # a camera being fitted keeps the reference (gradients reach it)
+    assert not cam.jit_projection(verts)
+    verts[1, 2, 0] = float("nan")
+    lo, hi = project_jit.screen_bounds(verts, _ortho(1, torch.float32))
+    assert torch.isnan(lo[2]).any() and torch.isnan(hi[2]).any() and torch.isfinite(lo[[0, 1, 3, 4]]).all()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.render import project_jit
 
 PROJECTIONS = ("ortho", "persp")
 
@@ -105,6 +106,8 @@ class Camera:
             raise ValueError(f"verts must be (B, V, 3), got {tuple(verts.shape)}")
         if self.batch_size not in (1, verts.shape[0]):
             raise ValueError(f"camera batch {self.batch_size} does not match mesh batch {verts.shape[0]}")
+        if self.jit_projection(verts):
+            return project_jit.project(verts, self)
         pc = self.to_camera_frame(verts)
         depth = -pc[..., 2]
         x, y = pc[..., 0], pc[..., 1]
@@ -114,6 +117,14 @@ class Camera:
         f = self.focal.to(verts)[:, None, :]
         c = self.principal.to(verts)[:, None, :]
         return torch.stack([c[..., 0] + f[..., 0] * x, c[..., 1] - f[..., 1] * y, depth], dim=-1)
+
+    def jit_projection(self, verts: torch.Tensor) -> bool:
+        """Whether :meth:`project` takes the compiled orthographic projection of
+        :mod:`.project_jit` (orthographic, CPU float32/float64 points, numba installed, camera
+        parameters that need no gradient); the code above is its reference."""
+        return (not self.perspective and verts.device.type == "cpu" and verts.dtype in (torch.float32, torch.float64)
+                and not any(t.requires_grad for t in (self.R, self.T, self.focal, self.principal))
+                and project_jit.available())
 
     def repeat_interleave(self, n: int) -> "Camera":
         """Each view repeated ``n`` times: one camera per sequence -> one per frame."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.render import project_jit
 from talkinghead_cli.render.camera import Camera
 from talkinghead_cli.render.renderer import DEFAULT_SIGMA, render
 from talkinghead_cli.render.shade import Lights
@@ -90,9 +91,13 @@ def window_faces(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, pad: 
     """
     with torch.no_grad():
         H, W = camera.image_size
-        pv = camera.to(device=verts.device, dtype=verts.dtype).project(verts.detach())[..., :2]
-        lo, hi = pv.min(0).values[faces], pv.max(0).values[faces]  # (F, 3, 2) per-vertex union
-        lo, hi = lo.min(1).values, hi.max(1).values  # (F, 2)
+        camera = camera.to(device=verts.device, dtype=verts.dtype)
+        if camera.jit_projection(verts):  # the same boxes, without the projected batch
+            lo, hi = project_jit.screen_bounds(verts, camera)
+        else:
+            pv = camera.project(verts.detach())[..., :2]
+            lo, hi = pv.min(0).values, pv.max(0).values  # (V, 2) per-vertex union
+        lo, hi = lo[faces].min(1).values, hi[faces].max(1).values  # (F, 2)
         hit = (hi[:, 0] >= -pad) & (lo[:, 0] <= W + pad) & (hi[:, 1] >= -pad) & (lo[:, 1] <= H + pad)
         touched = torch.zeros(verts.shape[1], dtype=torch.bool, device=verts.device)
         touched[faces[hit].reshape(-1)] = True

@@ -37,6 +37,7 @@ from talkinghead_cli.data.dataset import SequenceDataset, open_corpus, write_toy
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import load_expert
 from talkinghead_cli.lipreader.losses import expert_loss
+from talkinghead_cli.lipreader.model import fold_batch_norms
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.lipreader.views import lip_video
 from talkinghead_cli.training.checkpoint import read_torch_file
@@ -89,7 +90,7 @@ class Bench:
             self.render = {k: trained_on[k] for k in ("size", "margin", "sigma", "video_fps") if k in trained_on}
         else:
             self.expert, tok = build_expert(tiny_config(modalities="video")).eval(), CharTokenizer()
-        self.expert.requires_grad_(False)
+        fold_batch_norms(self.expert.requires_grad_(False).eval())  # as the trainer's frozen expert (AVLoss)
         self.tokens = [tok.encode(read_transcripts(corpus)[item["id"]])[0]]
         self.faces, self.lip = torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices)
         self.fps, self.lambda_av = corpus.fps, args.lambda_av

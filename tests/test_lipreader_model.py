@@ -6,7 +6,8 @@ import torch
 from talkinghead_cli.lipreader.config import base_config, tiny_config
 from talkinghead_cli.lipreader.conformer import RelPositionAttention, sinusoid
 from talkinghead_cli.lipreader.losses import expert_loss, smoothed_ce
-from talkinghead_cli.lipreader.model import LipReader, normalize_frames, resample_frames
+from talkinghead_cli.lipreader.model import LipReader, fold_batch_norms, normalize_frames, resample_frames
+from talkinghead_cli.training.losses import AVLoss
 
 
 def _tiny(modalities="av", **kw):
@@ -142,3 +143,33 @@ def test_padded_batch_matches_single_item():
         ctc_1, att_1, _ = m(short, tokens=tokens[:1])
     torch.testing.assert_close(ctc_b[0, :9], ctc_1[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(att_b[0], att_1[0], atol=1e-5, rtol=1e-4)
+
+
+def test_folded_batch_norms_compute_the_same_function_and_gradient():
+    m = _tiny().double().train()
+    video, audio = torch.randn(2, 9, 44, 44, dtype=torch.float64), torch.randn(2, 9 * 640, dtype=torch.float64)
+    with torch.no_grad():  # running statistics away from their initial values
+        for _ in range(3):
+            m(video + torch.rand(1, dtype=torch.float64), audio, mode="av")
+    m.eval().requires_grad_(False)
+    ref = {mode: m(video, audio, mode=mode)[0] for mode in ("av", "video", "audio")}
+    v = video.clone().requires_grad_(True)
+    g_ref, = torch.autograd.grad(m(v, None, mode="video")[0].square().sum(), v)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(_tiny().train())
+    assert fold_batch_norms(m) is m
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())
+    assert not any(p.requires_grad for p in m.parameters())
+    for mode, out in ref.items():
+        torch.testing.assert_close(m(video, audio, mode=mode)[0], out, rtol=0, atol=1e-10)
+    g, = torch.autograd.grad(m(v, None, mode="video")[0].square().sum(), v)
+    torch.testing.assert_close(g, g_ref, rtol=0, atol=1e-10)
+
+
+def test_the_av_loss_folds_a_frozen_expert_only():
+    faces, lip = torch.tensor([[0, 1, 2]]), torch.tensor([0, 1, 2])
+    frozen = AVLoss(_tiny("video"), faces, lip, 30.0, frozen=True)
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in frozen.modules())
+    joint = AVLoss(_tiny("video"), faces, lip, 30.0, frozen=False)
+    assert any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in joint.modules())
+    assert joint.expert.training and not frozen.expert.training

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from talkinghead_cli.lipreader.losses import ExpertLoss, expert_loss
+from talkinghead_cli.lipreader.model import fold_batch_norms
 from talkinghead_cli.lipreader.views import lip_video
 
 
@@ -96,7 +97,8 @@ class AVLoss(torch.nn.Module):
     the mesh faces and lip indices, the loss settings and the lip-window render settings.
 
     ``frozen=True``: the expert stays in eval mode and its parameters take no gradient (the
-    gradient still flows through it to the lip video and the meshes). ``frozen=False``
+    gradient still flows through it to the lip video and the meshes); its batch norms are
+    folded into the layers before them, in place (:func:`~talkinghead_cli.lipreader.model.fold_batch_norms`). ``frozen=False``
     (joint): the expert trains with the animator (dropout on, parameters optimised).
     """
 
@@ -112,8 +114,8 @@ class AVLoss(torch.nn.Module):
         self.kw = {"ctc_weight": ctc_weight, "label_smoothing": label_smoothing, "reduction": reduction}
         #: lip_video settings (size, margin, sigma, video_fps): those the expert was trained with
         self.render = dict(render or {})
-        if frozen:
-            expert.requires_grad_(False)
+        if frozen:  # the batch norms folded into their layers: same function, less work
+            fold_batch_norms(expert.requires_grad_(False).eval())
         self.train(True)
 
     def train(self, mode: bool = True) -> AVLoss:

@@ -78,19 +78,19 @@ try:  # pragma: no cover - exercised where numba is installed
                 s = -one if uz < zero else one
                 wx, wy, wz = s * ux, s * uy, s * uz
                 light = ambient
-                gwx = gwy = gwz = 0.0
-                for l in range(nl):
-                    cos = wx * dirs[l, 0] + wy * dirs[l, 1] + wz * dirs[l, 2]
-                    if cos > zero:
-                        light += cos * inten[l]
-                    if cos >= zero:  # the reference's clamp_min passes the gradient at 0 too
-                        gwx += inten[l] * dirs[l, 0]
-                        gwy += inten[l] * dirs[l, 1]
-                        gwz += inten[l] * dirs[l, 2]
+                for l in range(nl):  # branch-free: the signs of cos are not predictable
+                    light += max(wx * dirs[l, 0] + wy * dirs[l, 1] + wz * dirs[l, 2], zero) * inten[l]
                 raw = albedo * light
                 if not backward:
                     out[b, v] = min(max(raw, zero), one)
                     continue
+                gwx = gwy = gwz = zero
+                for l in range(nl):
+                    cos = wx * dirs[l, 0] + wy * dirs[l, 1] + wz * dirs[l, 2]
+                    lit = inten[l] if cos >= zero else zero  # clamp_min passes the gradient at 0 too
+                    gwx += lit * dirs[l, 0]
+                    gwy += lit * dirs[l, 1]
+                    gwz += lit * dirs[l, 2]
                 g = grad_in[b, v] * albedo if zero <= raw <= one else zero
                 gux, guy, guz = s * g * gwx, s * g * gwy, s * g * gwz
                 dot = ux * gux + uy * guy + uz * guz

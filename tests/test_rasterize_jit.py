@@ -174,3 +174,16 @@ def test_render_mesh_images_and_gradients_match(sphere, monkeypatch, proj):
     for a, b in zip(out[False], out[True]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert out[True][3].abs().sum() > 0
+
+
+@pytest.mark.parametrize("H,W,h", [(7, 5, 1), (9, 12, 5), (4, 4, 6), (1, 3, 2)])
+def test_window_max_is_the_clipped_max_pool(H, W, h):
+    g = np.random.default_rng(H * W + h)
+    zmap = g.standard_normal(2 * H * W).astype(np.float32)
+    zmap[g.integers(0, zmap.size, 3)] = np.inf  # background
+    out = np.empty_like(zmap)
+    rasterize_jit._window_max(zmap, 2, H, W, h, out)
+    z = zmap.reshape(2, H, W)
+    ref = np.array([[[z[b, max(i - h, 0):i + h + 1, max(j - h, 0):j + h + 1].max() for j in range(W)]
+                     for i in range(H)] for b in range(2)])
+    np.testing.assert_array_equal(out.reshape(2, H, W), ref)

@@ -123,19 +123,48 @@ try:  # pragma: no cover - exercised where numba is installed
                                 fbuf[p] = f
 
     @numba.njit(cache=True, nogil=True)
-    def _hidden(zmap, base, H, W, xl, xh, yl, yh, h, zface):  # pragma: no cover - compiled
+    def _running_max(x, k, g, r):  # pragma: no cover - compiled
+        """van Herk / Gil-Werman: with x cut into blocks of k, g = prefix maxima and r = suffix
+        maxima within each block, so that max(x[j : j + k]) = max(r[j], g[j + k - 1])."""
+        n = x.shape[0]
+        for q in range(n):
+            g[q] = x[q] if q % k == 0 else max(g[q - 1], x[q])
+        for q in range(n - 1, -1, -1):
+            r[q] = x[q] if q % k == k - 1 or q == n - 1 else max(r[q + 1], x[q])
+
+    @numba.njit(cache=True, nogil=True)
+    def _window_max(zmap, B, H, W, h, out):  # pragma: no cover - compiled
+        """out (B*H*W) <- the largest zmap value in the (2h+1)² window around each pixel, clipped
+        to the image: rasterize._hidden's max-pool, ~6 comparisons per pixel whatever h."""
+        k = 2 * h + 1
+        n = (max(H, W) + 2 * h + k - 1) // k * k
+        x, g, r = np.empty(n, zmap.dtype), np.empty(n, zmap.dtype), np.empty(n, zmap.dtype)
+        rows = np.empty(H * W, zmap.dtype)
+        low = -np.inf
+        for b in range(B):
+            base = b * H * W
+            for i in range(H):
+                for q in range(n):
+                    x[q] = zmap[base + i * W + q - h] if h <= q < W + h else low
+                _running_max(x, k, g, r)
+                for j in range(W):
+                    rows[i * W + j] = max(r[j], g[j + k - 1])
+            for j in range(W):
+                for q in range(n):
+                    x[q] = rows[(q - h) * W + j] if h <= q < H + h else low
+                _running_max(x, k, g, r)
+                for i in range(H):
+                    out[base + i * W + j] = max(r[i], g[i + k - 1])
+
+    @numba.njit(cache=True, nogil=True)
+    def _hidden(zwin, base, H, W, xl, xh, yl, yh, h, zface):  # pragma: no cover - compiled
         """rasterize._hidden for one face: its dilated box fits the (2h+1)² window around the box
         centre and no hard-layer depth in that window (clipped) is above the face's nearest
-        vertex (the reference's max-pool test, scanned with an early exit)."""
+        vertex; zwin holds each window's largest depth (_window_max)."""
         mx, my = (xl + xh) // 2, (yl + yh) // 2
         if xh - mx > h or yh - my > h:
             return False
-        mx, my = min(mx, W - 1), min(my, H - 1)
-        for i in range(max(my - h, 0), min(my + h + 1, H)):
-            for j in range(max(mx - h, 0), min(mx + h + 1, W)):
-                if not zface >= zmap[base + i * W + j]:
-                    return False
-        return True
+        return zface >= zwin[base + min(my, H - 1) * W + min(mx, W - 1)]
 
     @numba.njit(cache=True, nogil=True)
     def _silhouette_flags(nb, area2, valid, out):  # pragma: no cover - compiled
@@ -185,12 +214,13 @@ try:  # pragma: no cover - exercised where numba is installed
         return d, t, za, zb, outer
 
     @numba.njit(cache=True, nogil=True)
-    def _soft(pv, faces, sil, area2, zmap, H, W, perspective, h, c, r2_hi, grid_half,
+    def _soft(pv, faces, sil, area2, zmap, zwin, H, W, perspective, h, c, r2_hi, grid_half,
               dmin, opix, oface, od2):  # pragma: no cover - compiled
         """Soft outline candidates: the pairs that pass every test of the reference but the final
         ``dist <= r`` (kept when ``d2 <= r2_hi``, a bound above ``r²``) go to opix, oface and od2
         (pixel, face, squared distance) as long as there is room; returns their number. dmin
-        (B*H*W) gets the smallest squared distance per pixel. sil: (B, F) from _silhouette_flags."""
+        (B*H*W) gets the smallest squared distance per pixel. sil: (B, F) from _silhouette_flags;
+        zwin: (B*H*W) from _window_max."""
         zero, half, one, r, r_tol, tol = c[_ZERO], c[_HALF], c[_ONE], c[_R], c[_R_TOL], c[_TOL]
         m = 0
         for b in range(pv.shape[0]):
@@ -204,7 +234,7 @@ try:  # pragma: no cover - exercised where numba is installed
                 xl, xh, yl, yh = _pixel_box(x0, x1, x2, y0, y1, y2, r, half, H, W)
                 if xl > xh or yl > yh:
                     continue
-                if _hidden(zmap, base, H, W, xl, xh, yl, yh, h, min(z0, z1, z2)):
+                if _hidden(zwin, base, H, W, xl, xh, yl, yh, h, min(z0, z1, z2)):
                     continue
                 a = area2[b, f]
                 inv_a = one / a
@@ -294,7 +324,7 @@ def _grids(dtype, H: int, W: int):
     return grid, grid + dtype(0.5)
 
 
-def frame_spans(B: int, threads: int, per_thread: int = 4, min_frames: int = 4) -> list[tuple[int, int]]:
+def frame_spans(B: int, threads: int, per_thread: int = 8, min_frames: int = 2) -> list[tuple[int, int]]:
     """``[(b0, b1), ...]``: B frames cut into contiguous, near-equal spans for :func:`run_spans`:
     one span for one thread, otherwise up to ``per_thread`` spans per thread (of at least
     ``min_frames`` frames), so that threads that finish early take more (frames differ in work:
@@ -414,10 +444,12 @@ def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspe
         cap = 4 * (b1 - b0) * n  # a few candidates per pixel; the exact count when that is short
         sil = np.empty((b1 - b0, faces.shape[0]), dtype=np.uint8)
         _silhouette_flags(neighbours, area2[b0:b1], valid[b0:b1], sil)
+        zwin = np.empty((b1 - b0) * n, dtype=pv.dtype)
+        _window_max(zmap[s], b1 - b0, H, W, h, zwin)
         while True:
             dmin[s] = np.inf
             pix, face, d2 = np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, pv.dtype)
-            m = _soft(pv[b0:b1], faces, sil, area2[b0:b1], zmap[s], H, W,
+            m = _soft(pv[b0:b1], faces, sil, area2[b0:b1], zmap[s], zwin, H, W,
                       perspective, h, c, r2_hi, grid_half, dmin[s], pix, face, d2)
             if m <= cap:
                 break

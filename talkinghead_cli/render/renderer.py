@@ -15,6 +15,11 @@ open mouth, move pixels).
 Compositing per pixel: ``colour = a_s * c_soft + (1 - a_s) * c_hard`` where ``c_hard`` is the
 background where no face covers the pixel; ``alpha = a_s + (1 - a_s) * a_hard`` with
 ``a_hard`` in {0, 1}.
+
+CPU fast paths (numba), each tested against the PyTorch code it replaces: the layer search
+(:mod:`.rasterize_jit`), grey vertex shading (:mod:`.shade_jit`), and, for one-channel images
+under an orthographic camera without buffers (lip windows), the whole per-pixel stage
+(:mod:`.composite_jit`, see :func:`jit_composite`).
 """
 
 from __future__ import annotations

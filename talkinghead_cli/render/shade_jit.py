@@ -4,8 +4,9 @@ The default lip-window look is a grey mesh (albedo :data:`.renderer.GREY`) under
 Lambert lights, lit at the vertices. The readable reference is
 ``lambert(camera.rotate(vertex_normals(verts, faces)), grey, lights)`` in :mod:`.shade`:
 about a dozen tensor operations whose gathers and scatter-adds cost ~20 ms forward and ~30 ms
-backward for one 86-frame lip-window batch. Here the same arithmetic runs as three loops per
-frame, forward and backward, with the gradient written out by hand:
+backward for one 86-frame lip-window batch. Here the same arithmetic runs as a few loops per
+frame (face normals; vertex normals; each light over all vertices, branch-free so that it
+vectorises), forward and backward, with the gradient written out by hand:
 
     fn_f = (v1 - v0) x (v2 - v0)                 face normal (twice the area)
     m_v = sum of fn_f over the faces at v         vertex normal
@@ -54,50 +55,86 @@ try:  # pragma: no cover - exercised where numba is installed
                     m[b, i, 1] += ny
                     m[b, i, 2] += nz
 
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _camera_normals(mb, k, R, eps, n, u, w, inv_m, inv_c, sign):  # pragma: no cover - compiled
+        """For the vertex rows mb (V, 3) of one frame, camera row k: the unit normal n, its
+        camera-frame unit u, the two-sided w = sign * u, 1 / |m|, 1 / |c| and the sign (V each)."""
+        zero, one = mb.dtype.type(0), mb.dtype.type(1)
+        r00, r01, r02 = R[k, 0, 0], R[k, 0, 1], R[k, 0, 2]
+        r10, r11, r12 = R[k, 1, 0], R[k, 1, 1], R[k, 1, 2]
+        r20, r21, r22 = R[k, 2, 0], R[k, 2, 1], R[k, 2, 2]
+        for v in range(mb.shape[0]):
+            mx, my, mz = mb[v, 0], mb[v, 1], mb[v, 2]
+            im = one / max(np.sqrt(mx * mx + my * my + mz * mz), eps)
+            nx, ny, nz = mx * im, my * im, mz * im
+            cx = r00 * nx + r01 * ny + r02 * nz
+            cy = r10 * nx + r11 * ny + r12 * nz
+            cz = r20 * nx + r21 * ny + r22 * nz
+            ic = one / max(np.sqrt(cx * cx + cy * cy + cz * cz), eps)
+            ux, uy, uz = cx * ic, cy * ic, cz * ic
+            sg = -one if uz < zero else one
+            n[v, 0], n[v, 1], n[v, 2] = nx, ny, nz
+            u[v, 0], u[v, 1], u[v, 2] = ux, uy, uz
+            w[v, 0], w[v, 1], w[v, 2] = sg * ux, sg * uy, sg * uz
+            inv_m[v], inv_c[v], sign[v] = im, ic, sg
+
     @numba.njit(cache=True, nogil=True)
-    def _shade(m, R, dirs, inten, ambient, albedo, eps, out, grad_in, grad_m):  # pragma: no cover
-        """Per vertex: grey level into ``out`` (B, V); with ``grad_in`` (B, V) given (size > 0),
-        the gradient w.r.t. ``m`` into ``grad_m`` (B, V, 3) instead."""
-        backward = grad_in.shape[0] > 0
-        nl = dirs.shape[0]
+    def _shade(m, R, dirs, inten, ambient, albedo, eps, out):  # pragma: no cover - compiled
+        """Grey level per vertex into ``out`` (B, V). Per frame: the normals, then each light over
+        all vertices (branch-free, so the compiler vectorises it), then the clamp."""
         zero, one = m.dtype.type(0), m.dtype.type(1)  # keep float32 arithmetic in float32
+        V = m.shape[1]
+        n, u, w = np.empty((V, 3), m.dtype), np.empty((V, 3), m.dtype), np.empty((V, 3), m.dtype)
+        inv_m, inv_c, sign, light = (np.empty(V, m.dtype), np.empty(V, m.dtype), np.empty(V, m.dtype),
+                                     np.empty(V, m.dtype))
+        for b in range(m.shape[0]):
+            _camera_normals(m[b], min(b, R.shape[0] - 1), R, eps, n, u, w, inv_m, inv_c, sign)
+            light[:] = ambient
+            for l in range(dirs.shape[0]):
+                d0, d1, d2, il = dirs[l, 0], dirs[l, 1], dirs[l, 2], inten[l]
+                for v in range(V):
+                    light[v] += max(w[v, 0] * d0 + w[v, 1] * d1 + w[v, 2] * d2, zero) * il
+            for v in range(V):
+                out[b, v] = min(max(albedo * light[v], zero), one)
+
+    @numba.njit(cache=True, nogil=True)
+    def _shade_backward(m, R, dirs, inten, ambient, albedo, eps, grad_in, grad_m):  # pragma: no cover
+        """The gradient w.r.t. ``m`` (B, V, 3) of the grey levels, given theirs (B, V)."""
+        zero, one = m.dtype.type(0), m.dtype.type(1)
+        V = m.shape[1]
+        n, u, w = np.empty((V, 3), m.dtype), np.empty((V, 3), m.dtype), np.empty((V, 3), m.dtype)
+        inv_m, inv_c, sign, light = (np.empty(V, m.dtype), np.empty(V, m.dtype), np.empty(V, m.dtype),
+                                     np.empty(V, m.dtype))
+        gw = np.empty((V, 3), m.dtype)
         for b in range(m.shape[0]):
             k = min(b, R.shape[0] - 1)
+            _camera_normals(m[b], k, R, eps, n, u, w, inv_m, inv_c, sign)
+            light[:] = ambient
+            gw[:] = zero
+            for l in range(dirs.shape[0]):
+                d0, d1, d2, il = dirs[l, 0], dirs[l, 1], dirs[l, 2], inten[l]
+                for v in range(V):
+                    cos = w[v, 0] * d0 + w[v, 1] * d1 + w[v, 2] * d2
+                    light[v] += max(cos, zero) * il
+                    lit = il if cos >= zero else zero  # clamp_min passes the gradient at 0 too
+                    gw[v, 0] += lit * d0
+                    gw[v, 1] += lit * d1
+                    gw[v, 2] += lit * d2
             r00, r01, r02 = R[k, 0, 0], R[k, 0, 1], R[k, 0, 2]
             r10, r11, r12 = R[k, 1, 0], R[k, 1, 1], R[k, 1, 2]
             r20, r21, r22 = R[k, 2, 0], R[k, 2, 1], R[k, 2, 2]
-            for v in range(m.shape[1]):
-                mx, my, mz = m[b, v, 0], m[b, v, 1], m[b, v, 2]
-                im = one / max(np.sqrt(mx * mx + my * my + mz * mz), eps)
-                nx, ny, nz = mx * im, my * im, mz * im
-                cx = r00 * nx + r01 * ny + r02 * nz
-                cy = r10 * nx + r11 * ny + r12 * nz
-                cz = r20 * nx + r21 * ny + r22 * nz
-                ic = one / max(np.sqrt(cx * cx + cy * cy + cz * cz), eps)
-                ux, uy, uz = cx * ic, cy * ic, cz * ic
-                s = -one if uz < zero else one
-                wx, wy, wz = s * ux, s * uy, s * uz
-                light = ambient
-                for l in range(nl):  # branch-free: the signs of cos are not predictable
-                    light += max(wx * dirs[l, 0] + wy * dirs[l, 1] + wz * dirs[l, 2], zero) * inten[l]
-                raw = albedo * light
-                if not backward:
-                    out[b, v] = min(max(raw, zero), one)
-                    continue
-                gwx = gwy = gwz = zero
-                for l in range(nl):
-                    cos = wx * dirs[l, 0] + wy * dirs[l, 1] + wz * dirs[l, 2]
-                    lit = inten[l] if cos >= zero else zero  # clamp_min passes the gradient at 0 too
-                    gwx += lit * dirs[l, 0]
-                    gwy += lit * dirs[l, 1]
-                    gwz += lit * dirs[l, 2]
+            for v in range(V):
+                raw = albedo * light[v]
                 g = grad_in[b, v] * albedo if zero <= raw <= one else zero
-                gux, guy, guz = s * g * gwx, s * g * gwy, s * g * gwz
+                sg = sign[v] * g
+                gux, guy, guz = sg * gw[v, 0], sg * gw[v, 1], sg * gw[v, 2]
+                ux, uy, uz, ic = u[v, 0], u[v, 1], u[v, 2], inv_c[v]
                 dot = ux * gux + uy * guy + uz * guz
                 gcx, gcy, gcz = (gux - ux * dot) * ic, (guy - uy * dot) * ic, (guz - uz * dot) * ic
                 gnx = r00 * gcx + r10 * gcy + r20 * gcz
                 gny = r01 * gcx + r11 * gcy + r21 * gcz
                 gnz = r02 * gcx + r12 * gcy + r22 * gcz
+                nx, ny, nz, im = n[v, 0], n[v, 1], n[v, 2], inv_m[v]
                 dot = nx * gnx + ny * gny + nz * gnz
                 grad_m[b, v, 0] = (gnx - nx * dot) * im
                 grad_m[b, v, 1] = (gny - ny * dot) * im
@@ -149,13 +186,12 @@ class _GreyShading(torch.autograd.Function):
         B, V = v.shape[:2]
         m = np.empty((B, V, 3), dtype=v.dtype)
         out = np.empty((B, V), dtype=v.dtype)
-        no_grad = np.empty((0, 0), dtype=v.dtype)  # _shade's forward mode
         amb, alb, eps = _scalars(v.dtype, ambient, albedo)
         threads = torch.get_num_threads()
 
         def kernel(b0, b1):
             _vertex_normals(v[b0:b1], f, m[b0:b1])
-            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1], no_grad, m[b0:b1])
+            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1])
 
         rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
         ctx.save_for_backward(verts, faces, R, dirs, inten)
@@ -168,12 +204,11 @@ class _GreyShading(torch.autograd.Function):
         g = grad.detach().to(ctx.saved_tensors[0].dtype).contiguous().numpy()
         m = ctx.m
         gm, gv = np.empty_like(m), np.empty_like(m)
-        no_out = np.empty((0, 0), dtype=v.dtype)  # _shade's backward mode writes gm only
         amb, alb, eps = _scalars(v.dtype, *ctx.shading)
         threads = torch.get_num_threads()
 
         def kernel(b0, b1):
-            _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, no_out, g[b0:b1], gm[b0:b1])
+            _shade_backward(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, g[b0:b1], gm[b0:b1])
             _face_backward(v[b0:b1], f, gm[b0:b1], gv[b0:b1])
 
         rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(v.shape[0], threads), threads)

@@ -173,3 +173,15 @@ def test_the_av_loss_folds_a_frozen_expert_only():
     joint = AVLoss(_tiny("video"), faces, lip, 30.0, frozen=False)
     assert any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in joint.modules())
     assert joint.expert.training and not frozen.expert.training
+
+
+def test_no_lengths_skips_the_masks_with_the_same_result():
+    m = _tiny().double().eval()
+    video, audio = torch.randn(2, 7, 44, 44, dtype=torch.float64), torch.randn(2, 7 * 640, dtype=torch.float64)
+    tokens = torch.randint(1, 30, (2, 4))
+    full = torch.tensor([7, 7])
+    for mode in ("av", "video", "audio"):
+        a = m(video, audio, tokens, mode=mode)
+        b = m(video, audio, tokens, lengths=full, mode=mode)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-12)

@@ -186,10 +186,11 @@ class LipReader(nn.Module):
             raise ValueError(f"mode {mode!r} needs audio")
         return mode
 
-    def _audio_features(self, audio: torch.Tensor, t: int, mask) -> torch.Tensor:
+    def _audio_features(self, audio: torch.Tensor, t: int, mask, full: bool = False) -> torch.Tensor:
         """audio: (B, S) -> (B, T, D_a), the waveform trimmed/zero-padded to T*640 samples.
 
-        The per-utterance normalisation uses the valid samples only (``mask``: (B, 1, T)).
+        The per-utterance normalisation uses the valid samples only (``mask``: (B, 1, T));
+        ``full``: every frame is valid (the encoder then skips its masking).
         """
         spf = self.audio_frontend.samples_per_frame
         s = t * spf
@@ -200,7 +201,7 @@ class LipReader(nn.Module):
             mean = (audio * valid).sum(1, keepdim=True) / n
             var = (((audio - mean) * valid) ** 2).sum(1, keepdim=True) / (n - 1)
             audio = (audio - mean) / (var.sqrt() + 1e-5) * valid
-        return self.audio_encoder(self.audio_frontend(audio), mask)
+        return self.audio_encoder(self.audio_frontend(audio), None if full else mask)
 
     def encode(self, video=None, audio=None, lengths=None, mode: Mode | None = None):
         """Encode lips and/or speech into the decoder's memory.
@@ -217,11 +218,12 @@ class LipReader(nn.Module):
         ref = video if video is not None and mode != "audio" else audio
         b = ref.shape[0]
         t = video.shape[1] if mode != "audio" else audio.shape[1] // self.audio_frontend.samples_per_frame
+        full = lengths is None  # every frame valid: the encoders skip their masking (same result)
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=ref.device)
         mask = lengths_to_mask(lengths.to(ref.device), t)
-        v = self.video_encoder(self.video_frontend(video), mask) if mode != "audio" else None
-        a = self._audio_features(audio, t, mask) if mode != "video" else None
+        v = self.video_encoder(self.video_frontend(video), None if full else mask) if mode != "audio" else None
+        a = self._audio_features(audio, t, mask, full) if mode != "video" else None
         if self.fusion is None:
             return (v if v is not None else a), lengths
         if v is None:
@@ -253,9 +255,10 @@ class LipReader(nn.Module):
 
     def forward(self, video=None, audio=None, tokens=None, lengths=None, mode=None, token_mask=None):
         """Returns ``(ctc_logits (B, T, K), att_logits (B, L, K) or None, lengths (B,))``."""
-        memory, lengths = self.encode(video, audio, lengths, mode)
+        memory, valid = self.encode(video, audio, lengths, mode)
+        # lengths None: every frame valid, so the cross-attention needs no mask either
         att = None if tokens is None else self.decode_logits(tokens, memory, lengths, token_mask)
-        return self.ctc_logits(memory), att, lengths
+        return self.ctc_logits(memory), att, valid
 
 
 def build_expert(config: ExpertConfig) -> LipReader:

@@ -78,12 +78,18 @@ def _arrays(verts: torch.Tensor, camera):
     return verts.detach().contiguous().numpy(), M.detach().contiguous().numpy(), o.detach().contiguous().numpy()
 
 
+def _threads(points: int) -> int:
+    """Threads for ``points`` projections: one below ~100k (the lip-window camera's few hundred
+    lip vertices per frame), where handing spans to other threads costs more than it saves."""
+    return 1 if points < 100_000 else torch.get_num_threads()
+
+
 class _OrthoProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, verts, M, o):
         v = verts.detach().contiguous().numpy()
         out = np.empty_like(v)
-        threads = torch.get_num_threads()
+        threads = _threads(v.shape[0] * v.shape[1])
         rasterize_jit.run_spans(lambda b0, b1: _project(v[b0:b1], M if len(M) == 1 else M[b0:b1],
                                                         o if len(o) == 1 else o[b0:b1], out[b0:b1]),
                                 rasterize_jit.frame_spans(v.shape[0], threads), threads)
@@ -95,7 +101,7 @@ class _OrthoProject(torch.autograd.Function):
         M = ctx.M
         g = grad.detach().to(torch.from_numpy(M).dtype).contiguous().numpy()
         out = np.empty_like(g)
-        threads = torch.get_num_threads()
+        threads = _threads(g.shape[0] * g.shape[1])
         rasterize_jit.run_spans(lambda b0, b1: _project_backward(g[b0:b1], M if len(M) == 1 else M[b0:b1],
                                                                  out[b0:b1]),
                                 rasterize_jit.frame_spans(g.shape[0], threads), threads)

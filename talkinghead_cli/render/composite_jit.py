@@ -72,33 +72,12 @@ try:  # pragma: no cover - exercised where numba is installed
         return out
 
     @numba.njit(cache=True, nogil=True)
-    def _forward(pv, vcol, faces, hmap, smap, H, W, bg, sigma, image, alpha):  # pragma: no cover
-        """image, alpha (nb*H*W) of frames pv (nb, V, 3), vcol (nb, V); maps (nb*H*W), -1 = none."""
-        for b in range(pv.shape[0]):
-            for i in range(H):
-                py = i + 0.5
-                for j in range(W):
-                    p = (b * H + i) * W + j
-                    px = j + 0.5
-                    f = hmap[p]
-                    ch, ah = bg, 0.0
-                    if f >= 0:
-                        ch = _hard_colour(pv, vcol, faces, b, f, px, py)[0]
-                        ah = 1.0
-                    s = smap[p]
-                    if s < 0:
-                        image[p], alpha[p] = ch, ah
-                        continue
-                    k, d2, t_raw, t, qx, qy, ex, ey, ee = _nearest(pv, faces, b, s, px, py)
-                    dist = np.sqrt(max(d2, 1e-20))
-                    cover = 2.0 / (1.0 + np.exp(dist / sigma))
-                    cs = (1.0 - t) * vcol[b, faces[s, (k + 1) % 3]] + t * vcol[b, faces[s, (k + 2) % 3]]
-                    image[p] = cover * cs + (1.0 - cover) * ch
-                    alpha[p] = cover + (1.0 - cover) * ah
-
-    @numba.njit(cache=True, nogil=True)
-    def _backward(pv, vcol, faces, hmap, smap, H, W, bg, sigma, g_image, g_alpha, g_pv, g_vcol):  # pragma: no cover
-        """g_pv (nb, V, 3) and g_vcol (nb, V), zeroed by the caller, accumulate the gradients."""
+    def _pixels(pv, vcol, faces, hmap, smap, H, W, bg, sigma, image, alpha, g_image, g_alpha, g_pv,
+                g_vcol):  # pragma: no cover - compiled
+        """Frames pv (nb, V, 3), vcol (nb, V); maps (nb*H*W), -1 = none. Forward (g_image empty):
+        image, alpha (nb*H*W). Backward: g_pv (nb, V, 3) and g_vcol (nb, V), zeroed by the caller,
+        accumulate the gradients of g_image, g_alpha (nb*H*W); the forward values are recomputed."""
+        backward = g_image.shape[0] > 0
         for b in range(pv.shape[0]):
             for i in range(H):
                 py = i + 0.5
@@ -106,14 +85,15 @@ try:  # pragma: no cover - exercised where numba is installed
                     p = (b * H + i) * W + j
                     px = j + 0.5
                     f, s = hmap[p], smap[p]
-                    gi, ga = g_image[p], g_alpha[p]
                     ch, ah = bg, 0.0
                     w1 = w2 = d1 = d2 = e1x = e1y = e2x = e2y = dx = dy = inv_a = 0.0
                     if f >= 0:
                         ch, w1, w2, d1, d2, e1x, e1y, e2x, e2y, dx, dy, inv_a = _hard_colour(
                             pv, vcol, faces, b, f, px, py)
                         ah = 1.0
-                    g_ch = gi
+                    cover = cs = sg = 0.0
+                    k = ia = ib = 0
+                    rr = t_raw = t = qx = qy = ex = ey = ee = dist = ca = cb = 0.0
                     if s >= 0:
                         k, rr, t_raw, t, qx, qy, ex, ey, ee = _nearest(pv, faces, b, s, px, py)
                         ia, ib = faces[s, (k + 1) % 3], faces[s, (k + 2) % 3]
@@ -122,6 +102,13 @@ try:  # pragma: no cover - exercised where numba is installed
                         cover = 2.0 * sg
                         ca, cb = vcol[b, ia], vcol[b, ib]
                         cs = (1.0 - t) * ca + t * cb
+                    if not backward:  # (no outline: cover = 0, the hard layer alone)
+                        image[p] = cover * cs + (1.0 - cover) * ch
+                        alpha[p] = cover + (1.0 - cover) * ah
+                        continue
+                    gi, ga = g_image[p], g_alpha[p]
+                    g_ch = gi
+                    if s >= 0:
                         g_cover = gi * (cs - ch) + ga * (1.0 - ah)
                         g_cs = gi * cover
                         g_ch = gi * (1.0 - cover)
@@ -197,9 +184,12 @@ class _GreyComposite(torch.autograd.Function):
         image, alpha = np.empty(B * H * W, p.dtype), np.empty(B * H * W, p.dtype)
         n = H * W
 
+        none, no_grad = np.empty(0, p.dtype), np.empty((0, 0), p.dtype)  # _pixels' forward mode
+
         def kernel(b0, b1):
-            _forward(p[b0:b1], c[b0:b1], f, hmap[b0 * n:b1 * n], smap[b0 * n:b1 * n], H, W, bg, sigma,
-                     image[b0 * n:b1 * n], alpha[b0 * n:b1 * n])
+            s = slice(b0 * n, b1 * n)
+            _pixels(p[b0:b1], c[b0:b1], f, hmap[s], smap[s], H, W, bg, sigma, image[s], alpha[s], none, none,
+                    np.empty((0, 0, 0), p.dtype), no_grad)
 
         threads = torch.get_num_threads()
         rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
@@ -219,11 +209,12 @@ class _GreyComposite(torch.autograd.Function):
 
         gi, ga = grad(g_image), grad(g_alpha)
         g_pv, g_vcol = np.zeros(p.shape, p.dtype), np.zeros(c.shape, p.dtype)
+        none = np.empty(0, p.dtype)
 
         def kernel(b0, b1):
             s = slice(b0 * n, b1 * n)
-            _backward(p[b0:b1], c[b0:b1], f, hmap[s], smap[s], H, W, bg, sigma, gi[s], ga[s],
-                      g_pv[b0:b1], g_vcol[b0:b1])
+            _pixels(p[b0:b1], c[b0:b1], f, hmap[s], smap[s], H, W, bg, sigma, none, none, gi[s], ga[s],
+                    g_pv[b0:b1], g_vcol[b0:b1])
 
         threads = torch.get_num_threads()
         rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)

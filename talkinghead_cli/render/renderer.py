@@ -331,7 +331,7 @@ def render(verts, faces, camera, colors=None, lights=None, background=0.0, sigma
     elif C == 1:
         bg = bg[:1]
 
-    if jit_composite(verts, camera, C, buffers):
+    if jit_composite(verts, camera, C, buffers) and not bg.requires_grad:  # (a learnt background: the reference)
         image, alpha = composite_jit.grey_composite(pv, vcol.reshape(B, V), faces, frag, float(bg[0]), sigma)
         images = image.reshape(B, H, W, C)
         if not gray:  # grey: one channel computed, shown as RGB (an expanded view)

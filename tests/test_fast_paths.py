@@ -1,6 +1,8 @@
 """CPU fast paths against their readable references: the expert's 3D stem as a 2D convolution,
 the compiled grey vertex shading, grey compositing and orthographic projection."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -155,6 +157,10 @@ def test_compiled_compositing_passes_gradcheck_with_fixed_fragments():
     frag = rasterize(pv, faces, (10, 10), False, 0.8)
     assert frag.soft_pix.numel() > 0
     vcol = torch.rand(1, pv.shape[1], dtype=torch.float64)
+    assert frag.maps is not None  # the compiled rasterizer's per-pixel maps; from the pair lists alike:
+    for a, b in zip(composite_jit.grey_composite(pv, vcol, faces, frag, 0.2, 0.8),
+                    composite_jit.grey_composite(pv, vcol, faces, dataclasses.replace(frag, maps=None), 0.2, 0.8)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.autograd.gradcheck(
         lambda p, c: composite_jit.grey_composite(p, c, faces, frag, 0.2, 0.8),
         (pv.requires_grad_(True), vcol.requires_grad_(True)))

@@ -235,7 +235,10 @@ def grey_composite(pv: torch.Tensor, vcol: torch.Tensor, faces: torch.Tensor, fr
         up to rounding.
     """
     B, H, W = frag.shape
-    hmap = _maps(frag.hard_pix, frag.hard_face, B * H * W)
-    smap = _maps(frag.soft_pix, frag.soft_face, B * H * W)
+    if frag.maps is not None:  # the compiled rasterizer's own per-pixel maps
+        hmap, smap = frag.maps
+    else:
+        hmap = _maps(frag.hard_pix, frag.hard_face, B * H * W)
+        smap = _maps(frag.soft_pix, frag.soft_face, B * H * W)
     return _GreyComposite.apply(pv, vcol.to(pv.dtype), faces.long(), hmap, smap, H, W, float(bg),
                                 float(sigma) if sigma > 0 else 1.0)

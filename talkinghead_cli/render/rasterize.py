@@ -53,6 +53,8 @@ class Fragments:
         hard_pix, hard_face: (Nh,) long: pixels covered by a face and the nearest such face.
         soft_pix, soft_face: (Ns,) long: pixels with a soft outline and the face giving it.
         shape: ``(B, H, W)``.
+        maps: the same layers as per-pixel face maps (hard, soft), each (B*H*W,) int64 numpy,
+            -1 where none, when the compiled path found them (it works on such maps), else None.
     """
 
     hard_pix: torch.Tensor
@@ -60,6 +62,7 @@ class Fragments:
     soft_pix: torch.Tensor
     soft_face: torch.Tensor
     shape: tuple[int, int, int]
+    maps: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def edge_neighbours(faces: torch.Tensor) -> torch.Tensor:
@@ -246,8 +249,10 @@ def _rasterize_jit(pv, faces, image_size, perspective, sigma, cutoff, cull_backf
         soft_face = torch.from_numpy(soft_map[soft_pix.numpy()])
     else:
         soft_pix = soft_face = torch.zeros(0, dtype=torch.long)
+        soft_map = np.full(B * H * W, -1, dtype=np.int64)
     dev = pv.device
-    return Fragments(hard_pix.to(dev), hard_face.to(dev), soft_pix.to(dev), soft_face.to(dev), (B, H, W))
+    maps = (face_map, soft_map) if hard_layer is None else None
+    return Fragments(hard_pix.to(dev), hard_face.to(dev), soft_pix.to(dev), soft_face.to(dev), (B, H, W), maps)
 
 
 _EXACT_TILES = 8  # tile sides 1..8 are consecutive: a box of n pixels gets a tile of exactly n

@@ -194,7 +194,8 @@ def _ortho(B, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     R = torch.linalg.qr(torch.randn(B, 3, 3, generator=g, dtype=torch.float64))[0].to(dtype)
     return Camera(R=R, T=torch.randn(B, 3, generator=g, dtype=dtype),
-                  focal=torch.rand(B, 2, generator=g, dtype=dtype) + 1, principal=torch.randn(B, 2, generator=g, dtype=dtype), image_size=(16, 16), projection="ortho")
+                  focal=torch.rand(B, 2, generator=g, dtype=dtype) + 1,
+                  principal=torch.randn(B, 2, generator=g, dtype=dtype), image_size=(16, 16), projection="ortho")
 
 
 @needs_numba

@@ -90,8 +90,8 @@ try:  # pragma: no cover - exercised where numba is installed
         for b in range(m.shape[0]):
             _camera_normals(m[b], min(b, R.shape[0] - 1), R, eps, n, u, w, inv_m, inv_c, sign)
             light[:] = ambient
-            for l in range(dirs.shape[0]):
-                d0, d1, d2, il = dirs[l, 0], dirs[l, 1], dirs[l, 2], inten[l]
+            for j in range(dirs.shape[0]):  # the lights
+                d0, d1, d2, il = dirs[j, 0], dirs[j, 1], dirs[j, 2], inten[j]
                 for v in range(V):
                     light[v] += max(w[v, 0] * d0 + w[v, 1] * d1 + w[v, 2] * d2, zero) * il
             for v in range(V):
@@ -111,8 +111,8 @@ try:  # pragma: no cover - exercised where numba is installed
             _camera_normals(m[b], k, R, eps, n, u, w, inv_m, inv_c, sign)
             light[:] = ambient
             gw[:] = zero
-            for l in range(dirs.shape[0]):
-                d0, d1, d2, il = dirs[l, 0], dirs[l, 1], dirs[l, 2], inten[l]
+            for j in range(dirs.shape[0]):  # the lights
+                d0, d1, d2, il = dirs[j, 0], dirs[j, 1], dirs[j, 2], inten[j]
                 for v in range(V):
                     cos = w[v, 0] * d0 + w[v, 1] * d1 + w[v, 2] * d2
                     light[v] += max(cos, zero) * il

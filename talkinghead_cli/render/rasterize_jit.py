@@ -5,8 +5,9 @@ tests require identical pairs): every drawable face walks the pixel centres of i
 hard layer keeps those that pass the inside test (``w1, w2 >= 0, w1 + w2 <= 1``, no tolerance)
 and the nearest face wins, ties in depth going to the larger face index (as the reference's
 packed z-buffer keys and ``_winner`` do; its float32 keys also order -0.0 before +0.0). The soft
-layer walks the boxes of faces with a silhouette edge, dilated by ``cutoff * sigma``, with the
-reference's hidden-face shortcut, edge-function prefilter, point-to-triangle distance, "outer
+layer walks the boxes of faces with a silhouette edge (flags found for all faces in one
+branch-free pass), dilated by ``cutoff * sigma``, with the reference's hidden-face shortcut (its
+max-pool answered from a running window maximum of the depth map), edge-function prefilter, point-to-triangle distance, "outer
 side of a silhouette edge" and "in front of the hard layer" rules. Every float operation is the
 reference's, in the same order and in the input's dtype (constants are passed in that dtype),
 so float32 and float64 inputs give the reference's pairs bit for bit.
@@ -17,7 +18,8 @@ faces of a silhouette edge, which lie at the same distance from a pixel up to ro
 soft kernel stops at squared distances and returns the candidates that can still win; the
 caller takes their square roots with torch and :func:`pick_soft` chooses, as the reference.
 
-Kernels work on a slice of frames and release the GIL, so frames are split across threads.
+Kernels work on a slice of frames and release the GIL: frames are cut into spans that the
+calling thread and a kept pool of workers take in turn (:func:`run_spans`).
 numba is optional (``pip install "avtalk[fast]"``): without it :func:`available` is False and
 :func:`.rasterize.rasterize` uses the PyTorch pass. The first call of each kernel compiles it
 (a few seconds, once per dtype) and caches the machine code beside this file when it can.

@@ -73,9 +73,10 @@ def affine(camera) -> tuple[torch.Tensor, torch.Tensor]:
     return R * scale[:, :, None], offset
 
 
-def _arrays(verts: torch.Tensor, camera):
-    M, o = affine(camera.to(device=verts.device, dtype=verts.dtype))
-    return verts.detach().contiguous().numpy(), M.detach().contiguous().numpy(), o.detach().contiguous().numpy()
+def _affine_arrays(camera, like: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`affine` as numpy arrays in ``like``'s dtype (float32 arithmetic stays float32)."""
+    M, o = affine(camera.to(device=like.device, dtype=like.dtype))
+    return M.detach().contiguous().numpy(), o.detach().contiguous().numpy()
 
 
 def _threads(points: int) -> int:
@@ -99,7 +100,7 @@ class _OrthoProject(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         M = ctx.M
-        g = grad.detach().to(torch.from_numpy(M).dtype).contiguous().numpy()
+        g = grad.detach().contiguous().numpy().astype(M.dtype, copy=False)
         out = np.empty_like(g)
         threads = _threads(g.shape[0] * g.shape[1])
         rasterize_jit.run_spans(lambda b0, b1: _project_backward(g[b0:b1], M if len(M) == 1 else M[b0:b1],
@@ -116,8 +117,7 @@ def project(verts: torch.Tensor, camera) -> torch.Tensor:
     Returns:
         (B, V, 3) pixel x, pixel y, depth, as :meth:`.camera.Camera.project`.
     """
-    _, M, o = _arrays(verts[:0], camera)
-    return _OrthoProject.apply(verts, M, o)
+    return _OrthoProject.apply(verts, *_affine_arrays(camera, verts))
 
 
 def screen_bounds(verts: torch.Tensor, camera) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,8 @@ def screen_bounds(verts: torch.Tensor, camera) -> tuple[torch.Tensor, torch.Tens
     Returns:
         lo, hi (V, 2): the smallest and largest pixel x, y of each vertex over the B frames.
     """
-    v, M, o = _arrays(verts, camera)
+    v = verts.detach().contiguous().numpy()
+    M, o = _affine_arrays(camera, verts)
     lo = np.full((v.shape[1], 2), np.inf, dtype=v.dtype)
     hi = np.full((v.shape[1], 2), -np.inf, dtype=v.dtype)
     _bounds(v, M, o, lo, hi)

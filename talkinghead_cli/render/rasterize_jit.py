@@ -7,8 +7,9 @@ and the nearest face wins, ties in depth going to the larger face index (as the 
 packed z-buffer keys and ``_winner`` do; its float32 keys also order -0.0 before +0.0). The soft
 layer walks the boxes of faces with a silhouette edge (flags found for all faces in one
 branch-free pass), dilated by ``cutoff * sigma``, with the reference's hidden-face shortcut (its
-max-pool answered from a running window maximum of the depth map), edge-function prefilter, point-to-triangle distance, "outer
-side of a silhouette edge" and "in front of the hard layer" rules. Every float operation is the
+max-pool answered from a running window maximum of the depth map), edge-function prefilter,
+point-to-triangle distance, "outer side of a silhouette edge" and "in front of the hard layer"
+rules. Every float operation is the
 reference's, in the same order and in the input's dtype (constants are passed in that dtype),
 so float32 and float64 inputs give the reference's pairs bit for bit.
 

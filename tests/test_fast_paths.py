@@ -29,6 +29,22 @@ def test_stem_as_2d_equals_the_3d_convolution_values_and_gradients(t):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("t, hw, kernel, stride, pad", [(1, (20, 18), 7, 2, 3), (9, (44, 44), 7, 2, 3),
+                                                     (4, (13, 15), 5, 2, 1), (3, (17, 16), 3, 3, 0)])
+def test_frozen_stem_gradient_equals_the_3d_convolutions(t, hw, kernel, stride, pad):
+    torch.manual_seed(t)
+    conv = torch.nn.Conv3d(1, 6, (5, kernel, kernel), (1, stride, stride), (2, pad, pad), bias=True).double()
+    conv.requires_grad_(False)  # a frozen expert: the phase-kernel backward
+    frames = torch.randn(2, t, *hw, dtype=torch.float64, requires_grad=True)
+    fast = stem_as_2d(frames, conv)
+    assert fast.grad_fn.name() == "_FrozenStemBackward"
+    ref = conv(frames.unsqueeze(1)).transpose(1, 2).flatten(0, 1)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(fast, frames, g)[0], torch.autograd.grad(ref, frames, g)[0],
+                               rtol=0, atol=1e-10)
+
+
 def test_video_frontend_fast_path_matches_the_reference_in_train_and_eval():
     torch.manual_seed(0)
     fe = VideoFrontend(8, (8, 8, 16, 16), (1, 1, 1, 1), "swish").double()

@@ -138,3 +138,33 @@ def test_one_window_per_sequence_in_a_batch():
     alone = render_lip_windows(b, faces, lips, size=16, colors=colors)
     torch.testing.assert_close(out[2:], alone)  # a scaled face fills its own window the same way
     torch.testing.assert_close(out[0], out[2], atol=1e-4, rtol=1e-4)
+
+
+def test_lip_video_renders_the_mesh_at_the_video_rate():
+    """30 fps meshes -> 25 fps video: frame j is the render of the mesh at time j / 25 (linear
+    between the frames around it), through the sequence's window; with a gradient back to every
+    frame the video sees."""
+    from talkinghead_cli.lipreader.views import lip_video, sequence_cameras
+
+    verts, faces, lips, _ = _face_with_mouth(n=21)
+    t = 7
+    seq = verts[None].repeat(t, 1, 1)
+    seq[:, lips, 1] += 0.02 * torch.arange(t, dtype=torch.float32)[:, None]  # the lips move down
+    seq = seq.double().requires_grad_(True)
+    video = lip_video(seq[None], faces, lips, 30.0, size=24)
+    assert video.shape == (1, 6, 24, 24)
+    cam = sequence_cameras(seq[None], lips, size=24)
+    for j in range(6):
+        pos = j * 30.0 / 25.0
+        lo, w = int(pos), pos - int(pos)
+        mesh = seq[lo] * (1 - w) + seq[min(lo + 1, t - 1)] * w
+        want = render_lip_windows(mesh[None], faces, lips, size=24, camera=cam)[0]
+        torch.testing.assert_close(video[0, j], want, rtol=0, atol=1e-9)
+    assert not torch.equal(video[0, 0], video[0, 5])
+    video.sum().backward()
+    touched = seq.grad[:, lips].abs().sum((1, 2))
+    assert (touched > 0).all()  # every frame is read (frame 6 is the time of video frame 5, 0.2 s)
+    # at the video's own rate nothing is resampled: one rendered frame per mesh
+    same = lip_video(seq[None].detach(), faces, lips, 25.0, size=24)
+    assert same.shape == (1, t, 24, 24)
+    torch.testing.assert_close(same[0, 3], render_lip_windows(seq[3:4].detach(), faces, lips, size=24, camera=cam)[0])

@@ -78,8 +78,10 @@ def stem_as_2d(frames: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     channels of a 2D image and convolving with the kernel's ``k`` temporal slices as the 2D
     kernel's input channels gives the same sums. On CPU this is the fast path: PyTorch's
     gradient of a 3D convolution with one input channel w.r.t. its input runs ~20x slower than
-    its forward pass, the 2D form's ~3x (channels-last). ``conv(frames.unsqueeze(1))`` is the
-    reference; a test compares values and gradients.
+    its forward pass, the 2D form's ~3x (channels-last). A frozen stem (no gradient for the
+    weight, square kernel, equal strides > 1) takes its frames' gradient from
+    :class:`_FrozenStem`. ``conv(frames.unsqueeze(1))`` is the reference; tests compare values
+    and gradients.
 
     Args:
         frames: (B, T, H, W).
@@ -87,13 +89,83 @@ def stem_as_2d(frames: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     Returns:
         (B*T, C, H', W'), frame-major (the 3D output's ``(B, C, T, H', W')`` with T moved to the batch).
     """
-    k, p = conv.kernel_size[0], conv.padding[0]
+    weight = conv.weight[:, 0].contiguous(memory_format=torch.channels_last)  # (C, k, kh, kw)
+    spatial = (conv.stride[1:], conv.padding[1:], conv.padding[0])
+    if not (weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad)) \
+            and conv.stride[1] == conv.stride[2] > 1 and conv.kernel_size[1] == conv.kernel_size[2] \
+            and conv.padding[1] == conv.padding[2]:
+        return _FrozenStem.apply(frames, weight.detach(), conv.bias, *spatial)
+    return F.conv2d(_stacked(frames, weight.shape[1], conv.padding[0]), weight, conv.bias,
+                    stride=conv.stride[1:], padding=conv.padding[1:])
+
+
+def _stacked(frames: torch.Tensor, k: int, p: int) -> torch.Tensor:
+    """(B, T, H, W) -> (B*T', k, H, W) channels-last: the ``k`` frames each output frame sees
+    (``p`` zero frames before and after, ``T' = T + 2p - k + 1``)."""
     t, h, w = frames.shape[1:]
     x = F.pad(frames, (0, 0, 0, 0, p, p))  # zeros before and after in time
     x = x.unfold(1, k, 1)[:, : t + 2 * p - k + 1]  # (B, T', H, W, k): the k frames of each output
-    x = x.reshape(-1, h, w, k).permute(0, 3, 1, 2)  # (B*T', k, H, W), channels-last in memory
-    weight = conv.weight[:, 0].contiguous(memory_format=torch.channels_last)  # (C, k, kh, kw)
-    return F.conv2d(x, weight, conv.bias, stride=conv.stride[1:], padding=conv.padding[1:])
+    return x.reshape(-1, h, w, k).permute(0, 3, 1, 2)  # (B*T', k, H, W), channels-last in memory
+
+
+def _phase_kernel(weight: torch.Tensor, s: int, pad: int) -> tuple[torch.Tensor, int, int]:
+    """The gradient of a stride-``s`` convolution w.r.t. its input, as a stride-1 convolution of
+    the output gradient that writes the ``s x s`` input phases as channels (space-to-depth).
+
+    Input row ``s*a + r`` (phase ``r``) gets ``sum_d W[u] G[a + d]`` with ``u = r + pad - s*d``
+    for every ``d`` that puts ``u`` inside the kernel: ``d`` runs over one window of ``K`` rows
+    for all phases, so the phases are the output channels of one ``K x K`` convolution.
+
+    Args:
+        weight: (C, k, kh, kw), kh == kw.
+    Returns:
+        kernel (k*s*s, C, K, K) with output channel ``(j*s + r)*s + r'`` for input channel
+        ``j`` and phases ``(r, r')``, the lowest ``d``, and ``K``.
+    """
+    c, k, kh = weight.shape[:3]
+    d_lo, d_hi = -((kh - 1 - pad) // s), (s - 1 + pad) // s
+    d = torch.arange(d_lo, d_hi + 1)
+    u = torch.arange(s)[:, None] + pad - s * d  # (s, K): the kernel row each phase reads
+    inside = (u >= 0) & (u < kh)
+    padded = F.pad(weight, (0, 1, 0, 1))  # index kh: a zero row / column
+    u = torch.where(inside, u, kh)
+    kern = padded[:, :, u][:, :, :, :, u]  # (C, k, s, K, s, K)
+    return kern.permute(1, 2, 4, 0, 3, 5).reshape(k * s * s, c, len(d), len(d)), int(d_lo), len(d)
+
+
+class _FrozenStem(torch.autograd.Function):
+    """:func:`stem_as_2d` for a weight that takes no gradient (a frozen expert), with the
+    gradient w.r.t. the frames computed by :func:`_phase_kernel`'s stride-1 convolution instead
+    of oneDNN's strided backward pass (~2x faster on CPU for the 7x7 stride-2 stem), and the
+    ``k`` stacked frames summed back onto the frames directly. The autograd of
+    :func:`_stacked` + ``F.conv2d`` is the reference; a test compares the gradients."""
+
+    @staticmethod
+    def forward(ctx, frames, weight, bias, stride, padding, t_pad):
+        ctx.save_for_backward(weight)
+        ctx.geometry = frames.shape, stride[0], padding[0], t_pad
+        return F.conv2d(_stacked(frames, weight.shape[1], t_pad), weight, bias, stride=stride, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        (b, t, h, w), s, pad, t_pad = ctx.geometry
+        k = weight.shape[1]
+        kern, d_lo, K = _phase_kernel(weight, s, pad)
+        rows, cols = -(-h // s), -(-w // s)  # input rows / columns per phase
+        oh, ow = grad.shape[2:]
+        # one symmetric padding P; output o starts its window at o - P, ours start at a + d_lo
+        P = max(-d_lo, rows - 1 + d_lo + K - oh, cols - 1 + d_lo + K - ow, 0)
+        y = F.conv2d(grad.contiguous(memory_format=torch.channels_last),
+                     kern.to(grad.dtype).contiguous(memory_format=torch.channels_last), padding=P)
+        y = y[:, :, P + d_lo: P + d_lo + rows, P + d_lo: P + d_lo + cols]  # (B*T', k*s*s, rows, cols)
+        t_out = y.shape[0] // b
+        y = y.permute(0, 2, 3, 1).reshape(b, t_out, rows, cols, k, s, s)
+        acc = y.new_zeros(b, t_out + k - 1, rows, cols, s, s)  # frames with the time padding
+        for j in range(k):  # output frame i's stacked frame j is padded frame i + j
+            acc[:, j: j + t_out] += y[:, :, :, :, j]
+        g = acc[:, t_pad: t_pad + t].permute(0, 1, 2, 4, 3, 5).reshape(b, t, rows * s, cols * s)
+        return g[:, :, :h, :w], None, None, None, None, None
 
 
 class VideoFrontend(nn.Module):

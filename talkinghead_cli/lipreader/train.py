@@ -38,7 +38,7 @@ from talkinghead_cli.text_metrics import ErrorRate
 from talkinghead_cli.training.checkpoint import read_torch_file
 from talkinghead_cli.training.trainer import LogFn, TrainResult
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not blended frames)
 
 
 @dataclass

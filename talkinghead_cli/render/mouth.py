@@ -119,11 +119,27 @@ def compact(verts: torch.Tensor, faces: torch.Tensor, colors=None):
     return verts.index_select(1, used), remap.reshape(faces.shape), colors
 
 
+def window_mesh(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, sigma: float = DEFAULT_SIGMA,
+                colors=None):
+    """The part of a mesh batch that a lip window needs: :func:`window_faces` (with a margin for
+    the soft outline of width ``sigma``), then :func:`compact`.
+
+    Args:
+        verts: (N, V, 3); faces: (F, 3) long; camera: batch 1 or N; colors: as :func:`compact`.
+    Returns:
+        verts (N, V', 3), faces (F', 3), colors, as :func:`compact`.
+    """
+    sub = window_faces(verts, faces, camera, pad=4.0 * sigma + 2.0)
+    if sub.shape[0] == 0:
+        raise UserError("no face of the mesh reaches the lip window", None, "check the lip region indices")
+    return compact(verts, sub, colors)
+
+
 def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, size: int = 88,
                        camera: Camera | None = None, margin: float = 0.3, colors=None,
                        lights: Lights | None = None, sigma: float = DEFAULT_SIGMA, normalize: bool = True,
                        background: float = 0.0, backend: str = "auto",
-                       cull_backfaces: bool = True) -> torch.Tensor:
+                       cull_backfaces: bool = True, resample=None) -> torch.Tensor:
     """Render grayscale lip windows, batched and differentiable w.r.t. ``verts``.
 
     Args:
@@ -140,8 +156,12 @@ def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, siz
             these are hidden, except through an open mouth of a mesh without a mouth cavity,
             where they would show the inside of the back of the head; culled, the opening shows
             the background (dark by default), as a mouth cavity would. Halves the work.
+        resample: optional map of the window's vertices to the frames to render,
+            ``(N, V', 3) -> ((N', V', 3), camera for them)``, applied after the faces are
+            chosen (e.g. in time, as :func:`~talkinghead_cli.lipreader.views.lip_video` does);
+            ``colors`` must then be per vertex, not per frame.
     Returns:
-        (N, size, size) float.
+        (N, size, size) float (N' with ``resample``).
     """
     faces = torch.as_tensor(faces, device=verts.device).long()
     if camera is None:
@@ -149,10 +169,9 @@ def render_lip_windows(verts: torch.Tensor, faces: torch.Tensor, region_idx, siz
     elif camera.image_size != (size, size):
         raise UserError(f"the lip camera renders {camera.image_size}, not {size}x{size}", None,
                         "build it with lip_window_camera(..., size=size)")
-    sub = window_faces(verts, faces, camera, pad=4.0 * sigma + 2.0)
-    if sub.shape[0] == 0:
-        raise UserError("no face of the mesh reaches the lip window", None, "check the lip region indices")
-    v_sub, f_sub, c_sub = compact(verts, sub, colors)
+    v_sub, f_sub, c_sub = window_mesh(verts, faces, camera, sigma, colors)
+    if resample is not None:
+        v_sub, camera = resample(v_sub)
     out = render(v_sub, f_sub, camera, colors=c_sub, lights=lights, background=background, sigma=sigma,
                  backend=backend, cull_backfaces=cull_backfaces, gray=True, buffers=False)
     gray = out.images[..., 0]

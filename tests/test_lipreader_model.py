@@ -185,3 +185,38 @@ def test_no_lengths_skips_the_masks_with_the_same_result():
         b = m(video, audio, tokens, lengths=full, mode=mode)
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dims, size", [(2, (22, 22)), (2, (9, 11)), (1, (23,))])
+def test_strided_block_shortcut_is_a_strided_1x1_convolution(dims, size):
+    """The projection of a strided residual block runs on the subsampled input: the same values
+    and gradients as a 1x1 convolution with the stride (Auto-AVSR's downsample layer)."""
+    from talkinghead_cli.lipreader.frontends import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(8, 16, 2, "swish", dims).double().train()
+    x = torch.randn(3, 8, *size, dtype=torch.float64, requires_grad=True)
+    fn = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv1d
+    b = block
+    ref = b.act2(b.bn2(b.conv2(b.act1(b.bn1(b.conv1(x))))) + b.shortcut[1](fn(x, b.shortcut[0].weight, stride=2)))
+    got = block(x)
+    assert got.shape == ref.shape == (3, 16, *[(n + 1) // 2 for n in size])
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    params = [x, b.shortcut[0].weight, b.conv1.weight]
+    for a, r in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
+def test_eight_channel_trunk_trains_on_channels_last_maps():
+    """A regression test: the tiny trunk (8 channels into a strided stage, channels-last, even
+    sizes) once went through a 1x1 stride-2 convolution whose weight gradient corrupted the heap
+    in PyTorch 2.13 (the process aborted a few steps later)."""
+    from talkinghead_cli.lipreader.frontends import ResNetTrunk
+
+    torch.manual_seed(0)
+    trunk = ResNetTrunk(8, (8, 32, 64, 64), (1, 1, 1, 1), "swish", 2).train()
+    for _ in range(20):
+        x = torch.randn(45, 8, 22, 22).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        trunk(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trunk.parameters())

@@ -2,7 +2,7 @@
 
 Two named sizes:
 
-* ``tiny``: trains on a 2-core CPU (narrow ResNets, d=64, 2 conformer layers).
+* ``tiny``: trains on a 2-core CPU (a narrow ResNet-10-shaped trunk, d=64, 1 conformer layer).
 * ``base``: Auto-AVSR's published audio-visual dimensions (ResNet-18 front ends with
   widths 64-128-256-512, conformer 12 layers, d 768, 12 heads, FFN 3072, kernel 31,
   decoder 6 layers, fusion 1536 -> 8192 -> 768).
@@ -102,12 +102,20 @@ class ExpertConfig(BaseModel):
 
 
 def tiny_config(vocab_size: int = 31, modalities: str = "av", **overrides) -> ExpertConfig:
-    """A CPU-trainable expert: same layout as ``base``, small widths."""
-    enc = dict(d_model=64, heads=4, ffn_dim=256, layers=2, conv_kernel=15)
-    cfg = dict(size="tiny", vocab_size=vocab_size, stem_channels=16,
-               resnet_widths=(16, 32, 64, 64), video_encoder=EncoderConfig(**enc),
+    """A CPU-trainable expert: same layout as ``base``, small widths and depths (a stem of 8
+    channels, one basic block per ResNet stage with widths 8-32-64-64, one conformer layer of
+    d 64, one decoder layer; 0.33 M parameters visual-only).
+
+    Sized for the AV loss on CPU as much as for training: reading 36² lip windows it costs
+    about 13 ms forward + backward per 3-second sequence on 2 cores, where the previous tiny
+    (stem 16, two blocks per stage with widths 16-32-64-64, two conformer and two decoder
+    layers: 0.68 M) took 26-28 ms, for a val CER of 0.319 against 0.297 on the synthetic
+    corpus (models/avtalk-expert-tiny.md)."""
+    enc = dict(d_model=64, heads=4, ffn_dim=256, layers=1, conv_kernel=15)
+    cfg = dict(size="tiny", vocab_size=vocab_size, stem_channels=8,
+               resnet_widths=(8, 32, 64, 64), resnet_blocks=(1, 1, 1, 1), video_encoder=EncoderConfig(**enc),
                audio_encoder=EncoderConfig(**enc), fusion_hidden=256, decoder_dim=64,
-               decoder_heads=4, decoder_ffn_dim=256, decoder_layers=2,
+               decoder_heads=4, decoder_ffn_dim=256, decoder_layers=1,
                modalities=modalities)
     cfg.update(overrides)
     return ExpertConfig(**cfg)

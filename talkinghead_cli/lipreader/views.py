@@ -60,6 +60,8 @@ def lip_video(verts: torch.Tensor, faces: torch.Tensor, lip_idx: torch.Tensor, f
         raise ValueError(f"{cameras.batch_size} cameras for {b} sequences: give one per sequence")
     t_out = resample_frames(verts[:1, :, :1, :1], fps, video_fps).shape[1]
 
+    # the faces are chosen on the frames at `fps`; an interpolated vertex lies between two of its
+    # positions there, so inside the union of screen boxes the choice was made from
     def in_time(window_verts: torch.Tensor) -> torch.Tensor:  # (B*T, V', 3) -> (B*T25, V', 3)
         return resample_frames(window_verts.reshape(b, t, -1, 3), fps, video_fps).reshape(b * t_out, -1, 3)
 

@@ -46,6 +46,16 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     return (frames - VIDEO_MEAN) / VIDEO_STD
 
 
+def resampled_length(t_in: int, fps_in: float, fps_out: float) -> int:
+    """Frames :func:`resample_frames` returns for ``t_in`` frames: ``t_in`` at equal rates (or for
+    none), else ``max(1, round(t_in * fps_out / fps_in))``."""
+    if fps_in <= 0 or fps_out <= 0:
+        raise ValueError("frame rates must be positive")
+    if fps_in == fps_out or t_in == 0:
+        return t_in
+    return max(1, int(round(t_in * fps_out / fps_in)))
+
+
 def resample_frames(x: torch.Tensor, fps_in: float, fps_out: float) -> torch.Tensor:
     """Resample a frame sequence in time by linear interpolation (differentiable).
 
@@ -55,12 +65,10 @@ def resample_frames(x: torch.Tensor, fps_in: float, fps_out: float) -> torch.Ten
         (B, T', ...) with T' = round(T * fps_out / fps_in); output frame j samples
         input time j / fps_out (clamped to the last input frame).
     """
-    if fps_in <= 0 or fps_out <= 0:
-        raise ValueError("frame rates must be positive")
     t_in = x.shape[1]
+    t_out = resampled_length(t_in, fps_in, fps_out)
     if fps_in == fps_out or t_in == 0:
         return x
-    t_out = max(1, int(round(t_in * fps_out / fps_in)))
     pos = torch.arange(t_out, device=x.device, dtype=torch.float64) * (fps_in / fps_out)
     pos = pos.clamp(max=t_in - 1)
     lo = pos.floor().long()

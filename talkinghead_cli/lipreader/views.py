@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from talkinghead_cli.lipreader.model import resample_frames
+from talkinghead_cli.lipreader.model import resample_frames, resampled_length
 from talkinghead_cli.render import Camera, lip_window_camera, render_lip_windows
 
 VIDEO_FPS = 25.0
@@ -58,7 +58,7 @@ def lip_video(verts: torch.Tensor, faces: torch.Tensor, lip_idx: torch.Tensor, f
         cameras = sequence_cameras(verts if window_from is None else window_from, lip_idx, size, margin)
     if cameras.batch_size not in (1, b):
         raise ValueError(f"{cameras.batch_size} cameras for {b} sequences: give one per sequence")
-    t_out = resample_frames(verts[:1, :, :1, :1], fps, video_fps).shape[1]
+    t_out = resampled_length(t, fps, video_fps)
 
     # the faces are chosen on the frames at `fps`; an interpolated vertex lies between two of its
     # positions there, so inside the union of screen boxes the choice was made from

@@ -1,20 +1,18 @@
-"""Exports of an animation: glTF 2.0 binary with morph targets, ARKit blendshape curves.
+"""Exports of an animation: the format list, ARKit blendshape curves, and the dispatcher.
 
-**glTF** (``write_glb``): the neutral mesh is the base; the per-frame displacements
-``D = verts - neutral`` (T, V*3) are compressed by a truncated SVD (through the Gram
-matrix of at most 2000 frames) into at most
-``max_targets`` morph targets (the fewest that reach ``tolerance`` relative Frobenius
-error), and an animation drives the morph weights at the model's fps (LINEAR sampler on
-the mesh node's ``weights``). The writer is our own: one JSON chunk, one BIN chunk, one
-bufferView per array (4-byte aligned), accessors with min/max where the spec requires
-them (POSITION, morph POSITION, sampler input).
+**glTF** (``gltf``): :mod:`talkinghead_cli.export_gltf` (morph targets with weights in
+[0, 1]: the rig's own blendshapes for an ARKit-rig face, else the motion's SVD split into
+non-negative pairs). **USD** (``usd``): :mod:`talkinghead_cli.export_usd`.
 
 **ARKit** (``solve_arkit``): per frame, non-negative least squares of the displacements
 against a rig's blendshape basis, bounded to [0, 1], solved for all frames at once by
 accelerated projected gradient (``solve_arkit_reference`` uses scipy's ``lsq_linear``
-frame by frame). Written as CSV (time + the 52 ARKit names) and JSON (fps, names,
-weights). The checkpoint carries its rig (``rig_payload``) when trained on the synthetic
-corpus.
+frame by frame). ``arkit`` writes ``arkit.csv`` (``time_s`` in seconds + the 52 ARKit
+names in camelCase) and ``arkit.json`` (fps, seconds, names, weights); ``livelink``
+writes ``livelink.csv``, the CSV of Epic's Live Link Face app (``Timecode``
+HH:MM:SS:FF.mmm, ``BlendShapeCount`` 61, the 52 shapes in PascalCase in the app's order,
+then 9 head and eye rotations, here 0). The checkpoint carries its rig
+(``rig_payload``) when trained on the synthetic corpus.
 
 Shapes: T frames, V vertices, F faces, K blendshapes, N morph targets.
 """
@@ -23,8 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +28,33 @@ import numpy as np
 from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.errors import UserError
 
-FORMATS = ("obj", "ply", "npy", "npz", "gltf", "arkit")
-MAX_TARGETS = 32
-TOLERANCE = 0.01
-_FLOAT, _UINT32 = 5126, 5125
-_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
+from talkinghead_cli.export_gltf import (  # noqa: F401  (re-exported)
+    MAX_TARGETS,
+    TOLERANCE,
+    MorphTargets,
+    compress_motion,
+    glb_bytes,
+    split_signed,
+    write_glb,
+)
+
+FORMATS = ("obj", "ply", "npy", "npz", "gltf", "usd", "arkit", "livelink")
+RIG_FORMATS = ("arkit", "livelink", "usd")  # formats that use the model's ARKit rig (usd: when it has one)
+# The columns of a Live Link Face CSV, as the app writes them (note JawRight before JawLeft
+# and MouthRight before MouthLeft, unlike ARKit's own list).
+LIVELINK_SHAPES = (
+    "EyeBlinkLeft EyeLookDownLeft EyeLookInLeft EyeLookOutLeft EyeLookUpLeft EyeSquintLeft EyeWideLeft "
+    "EyeBlinkRight EyeLookDownRight EyeLookInRight EyeLookOutRight EyeLookUpRight EyeSquintRight EyeWideRight "
+    "JawForward JawRight JawLeft JawOpen MouthClose MouthFunnel MouthPucker MouthRight MouthLeft "
+    "MouthSmileLeft MouthSmileRight MouthFrownLeft MouthFrownRight MouthDimpleLeft MouthDimpleRight "
+    "MouthStretchLeft MouthStretchRight MouthRollLower MouthRollUpper MouthShrugLower MouthShrugUpper "
+    "MouthPressLeft MouthPressRight MouthLowerDownLeft MouthLowerDownRight MouthUpperUpLeft MouthUpperUpRight "
+    "BrowDownLeft BrowDownRight BrowInnerUp BrowOuterUpLeft BrowOuterUpRight CheekPuff CheekSquintLeft "
+    "CheekSquintRight NoseSneerLeft NoseSneerRight TongueOut"
+).split()
+LIVELINK_ROTATIONS = ("HeadYaw HeadPitch HeadRoll LeftEyeYaw LeftEyePitch LeftEyeRoll "
+                      "RightEyeYaw RightEyePitch RightEyeRoll").split()
+LIVELINK_HEADER = ["Timecode", "BlendShapeCount", *LIVELINK_SHAPES, *LIVELINK_ROTATIONS]
 
 
 def parse_formats(spec: str) -> list[str]:
@@ -50,150 +68,15 @@ def parse_formats(spec: str) -> list[str]:
         name = part.strip().lower()
         if name == "glb":
             name = "gltf"
+        if name in ("usda", "usdc", "usdz"):
+            name = "usd"
         if name not in FORMATS:
-            raise ValueError(f"unknown format '{part.strip()}' (use {', '.join(FORMATS)}, comma-separated)")
+            raise ValueError(f"unknown format '{part.strip()}' (valid: {', '.join(FORMATS)}; comma-separated)")
         if name not in out:
             out.append(name)
     if not out:
         raise ValueError("no format given")
     return out
-
-
-# ----------------------------------------------------------------------------- morph targets
-
-
-@dataclass
-class MorphTargets:
-    """targets: (N, V, 3) float32; weights: (T, N) float32; error: relative reconstruction
-    error ``||D - W T|| / ||D||`` (0 for a still sequence)."""
-
-    targets: np.ndarray
-    weights: np.ndarray
-    error: float
-
-
-def compress_motion(disp: np.ndarray, max_targets: int = MAX_TARGETS, tolerance: float = TOLERANCE,
-                    max_svd_frames: int = 2000, chunk: int = 1000, neutral: np.ndarray | None = None) -> MorphTargets:
-    """Truncated SVD of displacements into morph targets.
-
-    The basis comes from the SVD of at most ``max_svd_frames`` evenly spaced frames; every
-    frame's weights are its projection onto that basis (for shorter sequences this is exactly
-    the truncated SVD). Memory stays bounded for long sequences (``chunk`` frames at a time).
-
-    Args:
-        disp: (T, V, 3) displacements from the neutral mesh (may be a memory map); or
-            vertices, when ``neutral`` (V, 3) is given (subtracted block by block).
-    Returns:
-        the fewest targets (at most ``max_targets``) whose relative error on the sampled frames
-        is <= ``tolerance``; each target is scaled so its weight curve peaks at magnitude 1.
-        ``error`` is measured on all frames.
-    """
-    t, v, _ = disp.shape
-    base = np.zeros((v, 3)) if neutral is None else np.asarray(neutral, np.float64)
-    pick = np.unique(np.linspace(0, t - 1, min(t, max_svd_frames)).round().astype(np.int64))
-    d = (np.asarray(disp[pick], np.float64) - base).reshape(len(pick), v * 3)
-    if not np.any(d):
-        return MorphTargets(np.zeros((1, v, 3), np.float32), np.zeros((t, 1), np.float32), 0.0)
-    # SVD through the small (T', T') Gram matrix: eigenvalues are the squared singular values,
-    # and the right singular vectors are U^T D / s (several times faster than a dense SVD).
-    evals, evecs = np.linalg.eigh(d @ d.T)
-    order = np.argsort(evals)[::-1]
-    energy, u = np.maximum(evals[order], 0.0), evecs[:, order]
-    tail = np.sqrt(np.maximum(energy.sum() - np.cumsum(energy), 0.0) / energy.sum())  # error with n=i+1
-    ok = np.flatnonzero(tail <= tolerance)
-    rank = int((energy > energy[0] * 1e-12).sum())
-    n = int(min(max_targets, rank, ok[0] + 1 if len(ok) else rank))
-    basis = (u[:, :n].T @ d) / np.sqrt(energy[:n])[:, None]  # (N, V*3) orthonormal rows
-    w = np.zeros((t, n))
-    resid = total = 0.0
-    for a in range(0, t, chunk):
-        block = (np.asarray(disp[a:a + chunk], np.float64) - base).reshape(-1, v * 3)
-        w[a:a + chunk] = block @ basis.T
-        resid += float(((block - w[a:a + chunk] @ basis) ** 2).sum())
-        total += float((block ** 2).sum())
-    peak = np.maximum(np.abs(w).max(axis=0), 1e-30)
-    targets = (basis * peak[:, None]).reshape(n, v, 3)
-    return MorphTargets(targets.astype(np.float32), (w / peak).astype(np.float32), float(np.sqrt(resid / total)))
-
-
-# ----------------------------------------------------------------------------- GLB writer
-
-
-class _GlbBuilder:
-    """Collects arrays into one binary buffer with bufferViews and accessors."""
-
-    def __init__(self):
-        self.blob = bytearray()
-        self.views: list[dict] = []
-        self.accessors: list[dict] = []
-
-    def add(self, array: np.ndarray, kind: str, component: int, target: int | None = None,
-            minmax: bool = False) -> int:
-        """Append ``array`` (count, ncomp) or (count,) as an accessor; returns its index."""
-        dtype = np.float32 if component == _FLOAT else np.uint32
-        data = np.ascontiguousarray(array, dtype=dtype)
-        while len(self.blob) % 4:
-            self.blob.append(0)
-        view = {"buffer": 0, "byteOffset": len(self.blob), "byteLength": data.nbytes}
-        if target is not None:
-            view["target"] = target
-        self.blob += data.tobytes()
-        self.views.append(view)
-        count = data.shape[0] if kind != "SCALAR" or data.ndim == 1 else data.size
-        acc = {"bufferView": len(self.views) - 1, "componentType": component, "count": int(count), "type": kind}
-        if minmax:
-            flat = data.reshape(int(count), -1)
-            acc["min"] = [float(x) for x in flat.min(axis=0)]
-            acc["max"] = [float(x) for x in flat.max(axis=0)]
-        self.accessors.append(acc)
-        return len(self.accessors) - 1
-
-
-def glb_bytes(neutral: np.ndarray, faces: np.ndarray, morph: MorphTargets, fps: float,
-              name: str = "face", target_names: list[str] | None = None) -> bytes:
-    """A glTF 2.0 binary: one mesh (``neutral`` (V, 3), ``faces`` (F, 3)) with ``morph``'s
-    N targets and one animation of their weights, key i at time i / fps."""
-    b = _GlbBuilder()
-    pos = b.add(neutral, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)
-    idx = b.add(np.asarray(faces).reshape(-1), "SCALAR", _UINT32, _ELEMENT_ARRAY_BUFFER)
-    targets = [{"POSITION": b.add(t, "VEC3", _FLOAT, _ARRAY_BUFFER, minmax=True)} for t in morph.targets]
-    n, frames = len(morph.targets), len(morph.weights)
-    times = b.add(np.arange(frames, dtype=np.float32) / np.float32(fps), "SCALAR", _FLOAT, minmax=True)
-    values = b.add(morph.weights.reshape(-1), "SCALAR", _FLOAT)
-    names = target_names or [f"motion{i:02d}" for i in range(n)]
-    doc = {
-        "asset": {"version": "2.0", "generator": "avtalk"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"name": name, "mesh": 0}],
-        "meshes": [{"name": name, "weights": [0.0] * n, "extras": {"targetNames": names},
-                    "primitives": [{"attributes": {"POSITION": pos}, "indices": idx, "mode": 4,
-                                    "targets": targets}]}],
-        "animations": [{"name": "speech", "samplers": [{"input": times, "output": values, "interpolation": "LINEAR"}],
-                        "channels": [{"sampler": 0, "target": {"node": 0, "path": "weights"}}]}],
-        "buffers": [{"byteLength": 0}],
-        "bufferViews": b.views,
-        "accessors": b.accessors,
-    }
-    while len(b.blob) % 4:
-        b.blob.append(0)
-    doc["buffers"][0]["byteLength"] = len(b.blob)
-    js = json.dumps(doc, separators=(",", ":")).encode("utf-8")
-    js += b" " * (-len(js) % 4)
-    total = 12 + 8 + len(js) + 8 + len(b.blob)
-    return (struct.pack("<4sII", b"glTF", 2, total) + struct.pack("<I4s", len(js), b"JSON") + js
-            + struct.pack("<I4s", len(b.blob), b"BIN\0") + bytes(b.blob))
-
-
-def write_glb(path: str | Path, verts: np.ndarray, neutral: np.ndarray, faces: np.ndarray, fps: float,
-              max_targets: int = MAX_TARGETS, tolerance: float = TOLERANCE) -> MorphTargets:
-    """Write ``verts`` (T, V, 3) as an animated GLB over ``neutral`` (V, 3), atomically.
-    Returns the morph targets (their ``error`` is the compression error to report)."""
-    morph = compress_motion(verts, max_targets, tolerance, neutral=neutral)
-    data = glb_bytes(np.asarray(neutral, np.float32), faces, morph, fps)
-    with atomic_file(path) as tmp:
-        Path(tmp).write_bytes(data)
-    return morph
 
 
 # ----------------------------------------------------------------------------- ARKit weights
@@ -250,20 +133,48 @@ def arkit_table(weights: np.ndarray, names: list[str]) -> np.ndarray:
 
 
 def write_arkit(folder: str | Path, weights: np.ndarray, names: list[str], fps: float) -> list[str]:
-    """Write ``arkit.csv`` (time + 52 columns) and ``arkit.json`` into ``folder``.
-    weights: (T, K) over ``names``. Returns the file names."""
+    """Write ``arkit.csv`` (``time_s`` in seconds + 52 camelCase columns) and ``arkit.json``
+    (fps, seconds, names, weights) into ``folder``. weights: (T, K) over ``names``.
+    Returns the file names."""
     from talkinghead_cli.data.synthetic.rig import ARKIT_NAMES
 
     table = arkit_table(weights, names)
     folder = Path(folder)
-    lines = [",".join(["time", *ARKIT_NAMES])]
-    lines += [f"{i / fps:.6f}," + ",".join(f"{x:.5f}" for x in row) for i, row in enumerate(table)]
+    seconds = np.arange(len(table)) / float(fps)
+    lines = [",".join(["time_s", *ARKIT_NAMES])]
+    lines += [f"{s:.6f}," + ",".join(f"{x:.5f}" for x in row) for s, row in zip(seconds, table)]
     with atomic_file(folder / "arkit.csv") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
-    doc = {"fps": float(fps), "names": list(ARKIT_NAMES), "weights": np.round(table, 5).tolist()}
+    doc = {"fps": float(fps), "seconds": np.round(seconds, 6).tolist(), "names": list(ARKIT_NAMES),
+           "weights": np.round(table, 5).tolist()}
     with atomic_file(folder / "arkit.json") as tmp:
         Path(tmp).write_text(json.dumps(doc, separators=(",", ":")))
     return ["arkit.csv", "arkit.json"]
+
+
+def livelink_timecode(frame: int, fps: float) -> str:
+    """Frame ``frame`` at ``fps`` as a Live Link Face timecode ``HH:MM:SS:FF.mmm`` (FF counted
+    at the rounded fps, mmm the sub-frame in thousandths: 0 for whole frames)."""
+    rate = max(1, int(round(fps)))
+    sec, ff = divmod(int(frame), rate)
+    return f"{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}:{ff:02d}.000"
+
+
+def write_livelink(folder: str | Path, weights: np.ndarray, names: list[str], fps: float) -> list[str]:
+    """Write ``livelink.csv``: Live Link Face's 63 columns, one row per frame.
+    weights: (T, K) over ``names`` (ARKit names, any spelling the rig uses)."""
+    from talkinghead_cli.data.synthetic.rig import ARKIT_NAMES
+
+    table = arkit_table(weights, names)  # (T, 52) in ARKit order
+    lower = [n.lower() for n in ARKIT_NAMES]
+    cols = table[:, [lower.index(n.lower()) for n in LIVELINK_SHAPES]]
+    zeros = ",".join(["0.0"] * len(LIVELINK_ROTATIONS))
+    lines = [",".join(LIVELINK_HEADER)]
+    lines += [f"{livelink_timecode(i, fps)},{len(LIVELINK_SHAPES) + len(LIVELINK_ROTATIONS)},"
+              + ",".join(f"{x:.8f}" for x in row) + "," + zeros for i, row in enumerate(cols)]
+    with atomic_file(Path(folder) / "livelink.csv") as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return ["livelink.csv"]
 
 
 def checkpoint_rig(ckpt: dict, path: str | Path | None = None) -> tuple[list[str], np.ndarray]:
@@ -310,19 +221,50 @@ def rig_payload(corpus) -> dict | None:
 # ----------------------------------------------------------------------------- all formats
 
 
+def rig_for_formats(ckpt: dict, formats: list[str], path: str | Path | None = None):
+    """The checkpoint's ARKit rig when ``formats`` use one: required by ``arkit`` and
+    ``livelink`` (a model without one is refused), used by ``gltf`` and ``usd`` when present.
+    Returns (K names, basis (K, V, 3)) or None."""
+    if any(f in ("arkit", "livelink") for f in formats):
+        return checkpoint_rig(ckpt, path)
+    if any(f in ("gltf", "usd") for f in formats) and (ckpt.get("rig") or {}).get("basis") is not None:
+        return checkpoint_rig(ckpt, path)
+    return None
+
+
+def _sample(n: int, most: int = 500) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(np.int64))
+
+
+def _morph_figures(morph: MorphTargets, verts: np.ndarray, neutral: np.ndarray) -> dict:
+    """Figures of a morph-target export: count, relative error, largest vertex error (in the
+    mesh's units) on up to 500 evenly spaced frames."""
+    pick = _sample(len(verts))
+    rebuilt = np.einsum("tn,nvc->tvc", morph.weights[pick].astype(np.float64), morph.targets) + neutral
+    err = np.linalg.norm(rebuilt - np.asarray(verts[pick], np.float64), axis=-1).max()
+    return {"morph_targets": len(morph.targets), "relative_error": morph.error, "max_vertex_error": float(err),
+            "rig_blendshapes": sum(1 for n in (morph.names or []) if not n.startswith(("residual", "motion")))}
+
+
 def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np.ndarray, faces: np.ndarray,
                   fps: float, rig: tuple[list[str], np.ndarray] | None = None,
-                  motion: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[str], dict]:
+                  motion: tuple[np.ndarray, np.ndarray] | None = None, duration: float | None = None,
+                  visuals=None) -> tuple[list[str], dict]:
     """Write the requested formats of one animation into ``dest`` (``vertices.npy`` is
     written by the caller).
 
     Args:
         verts: (T, V, 3) the output mesh sequence; neutral: (V, 3); faces: (F, 3).
-        rig: (K names, basis (K, Vm, 3)) for ``arkit``.
-        motion: (vertices (T, Vm, 3), neutral (Vm, 3)) on the rig's topology for ``arkit``
-            (default: ``verts`` and ``neutral``).
+        rig: (K names, basis (K, Vm, 3)) for ``arkit``/``livelink`` (and used by ``gltf``
+            and ``usd`` when the output face is the rig's own).
+        motion: (vertices (T, Vm, 3), neutral (Vm, 3)) on the rig's topology
+            (default: ``verts`` and ``neutral``; the same array object means no retargeting).
+        duration: the speech's length in seconds (glTF and USD clips end there).
+        visuals: the template's :class:`~talkinghead_cli.mesh_visuals.Visuals` (UVs, material).
     Returns:
         (files written, figures for animation.json).
+    Raises:
+        UserError: ``arkit``/``livelink`` without a rig.
     """
     from talkinghead_cli.mesh import write_sequence
 
@@ -330,23 +272,36 @@ def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np
     mesh_formats = [f for f in formats if f in ("obj", "ply")]
     for i, fmt in enumerate(mesh_formats):
         folder = "meshes" if i == 0 else f"meshes_{fmt}"
-        write_sequence(dest / folder, verts, faces, fmt, fps=fps)
+        write_sequence(dest / folder, verts, faces, fmt, fps=fps, visuals=visuals)
         files.append(folder + "/")
     if "npz" in formats:
         write_sequence(dest / "sequence.npz", verts, faces, "npz", fps=fps)
         files.append("sequence.npz")
-    if "gltf" in formats:
-        morph = write_glb(dest / "animation.glb", verts, neutral, faces, fps)
-        files.append("animation.glb")
-        info["gltf"] = {"morph_targets": len(morph.targets), "relative_error": morph.error}
-    if "arkit" in formats:
-        if rig is None:
-            raise UserError("this model has no ARKit rig", None, "drop arkit from --format")
+    mv, mn = motion if motion is not None else (verts, neutral)
+    weights = None
+    if rig is not None and any(f in formats for f in ("arkit", "livelink", "gltf", "usd")):
         names, basis = rig
-        mv, mn = motion if motion is not None else (verts, neutral)
-        weights = solve_arkit(mv, basis, neutral=mn)
-        files += write_arkit(dest, weights, names, fps)
-        pick = np.unique(np.linspace(0, len(mv) - 1, min(len(mv), 500)).round().astype(np.int64))
+        weights = solve_arkit(mv, basis, neutral=mn)  # (T, K) in [0, 1]
+    own_rig = None if weights is None or mv is not verts else (names, basis, weights)  # the rig's own face
+    if "gltf" in formats:
+        morph = write_glb(dest / "animation.glb", verts, neutral, faces, fps, duration=duration, rig=own_rig,
+                          visuals=visuals)
+        files.append("animation.glb")
+        info["gltf"] = _morph_figures(morph, verts, neutral)
+    if "usd" in formats:
+        from talkinghead_cli.export_usd import write_usd
+
+        files.append(write_usd(dest / "animation.usdc", verts, neutral, faces, fps, duration=duration,
+                               rig=own_rig, visuals=visuals))
+        info["usd"] = {"frames": len(verts), "blendshapes": own_rig is not None}
+    if "arkit" in formats or "livelink" in formats:
+        if weights is None:
+            raise UserError("this model has no ARKit rig", None, "drop arkit/livelink from --format")
+        if "arkit" in formats:
+            files += write_arkit(dest, weights, names, fps)
+        if "livelink" in formats:
+            files += write_livelink(dest, weights, names, fps)
+        pick = _sample(len(mv))
         d = np.asarray(mv[pick], np.float64) - mn
         fit = np.einsum("tk,kvc->tvc", weights[pick].astype(np.float64), basis)
         info["arkit"] = {"blendshapes": len(names),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -22,16 +22,21 @@ from talkinghead_cli.atomic import atomic_dir, atomic_file
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 
+if TYPE_CHECKING:
+    from talkinghead_cli.mesh_visuals import Visuals
+
 TEMPLATE_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".npy", ".npz", ".stl", ".off")
 SEQUENCE_FORMATS = ("npy", "npz", "obj", "ply")
 
 
 @dataclass
 class Mesh:
-    """A triangle mesh. verts: (V, 3) float32, faces: (F, 3) int64."""
+    """A triangle mesh. verts: (V, 3) float32, faces: (F, 3) int64; visuals: UVs and
+    material of an OBJ template (see :mod:`talkinghead_cli.mesh_visuals`), or None."""
 
     verts: np.ndarray
     faces: np.ndarray
+    visuals: Visuals | None = None
 
     @property
     def num_verts(self) -> int:
@@ -113,7 +118,12 @@ def load_template(path: str | Path, faces: np.ndarray | None = None) -> Mesh:
                             "give an OBJ/PLY/NPZ with faces")
         return validate_mesh(verts, faces, path)
     geom = _trimesh_geometry(path)
-    return validate_mesh(np.asarray(geom.vertices), np.asarray(geom.faces), path)
+    mesh = validate_mesh(np.asarray(geom.vertices), np.asarray(geom.faces), path)
+    if suffix == ".obj":
+        from talkinghead_cli.mesh_visuals import read_obj_visuals
+
+        mesh.visuals = read_obj_visuals(path, mesh.faces)
+    return mesh
 
 
 # ----------------------------------------------------------------------------- writers
@@ -184,23 +194,24 @@ def _fixed6_columns(values: np.ndarray) -> np.ndarray:
     return cols
 
 
-def obj_vertex_bytes(verts: np.ndarray) -> bytes:
+def obj_vertex_bytes(verts: np.ndarray, key: str = "v") -> bytes:
     """The ``v x y z`` lines of one OBJ frame, byte-identical to :func:`obj_text`'s
     ``"v %.6f %.6f %.6f\\n"`` formatting but built with array operations.
 
     Args:
         verts: (V, 3) float32.
+        key: the line's keyword (``v``, or ``vn`` for normals).
     """
     verts = np.asarray(verts, dtype=np.float32)
     if not np.isfinite(verts).all() or np.abs(verts).max(initial=0) >= 1e12:
         v = verts.shape[0]
-        return (("v %.6f %.6f %.6f\n" * v) % tuple(verts.ravel().tolist())).encode("ascii")
+        return ((f"{key} %.6f %.6f %.6f\n" * v) % tuple(verts.ravel().tolist())).encode("ascii")
     cols = _fixed6_columns(verts.ravel()).reshape(-1, len(verts), 3)  # (W, V, xyz)
-    w = cols.shape[0]
-    lines = np.zeros((2 + 3 * (w + 1), len(verts)), dtype=np.uint8)  # one column per line
-    lines[0], lines[1] = ord("v"), ord(" ")
+    w, k = cols.shape[0], len(key) + 1
+    lines = np.zeros((k + 3 * (w + 1), len(verts)), dtype=np.uint8)  # one column per line
+    lines[:k] = np.frombuffer(key.encode("ascii") + b" ", np.uint8)[:, None]
     for c in range(3):
-        start = 2 + c * (w + 1)
+        start = k + c * (w + 1)
         lines[start:start + w] = cols[:, :, c]
         lines[start + w] = ord(" ") if c < 2 else ord("\n")
     return lines.T.tobytes().translate(None, b"\0")  # row-major text, blank (0) bytes dropped
@@ -210,6 +221,29 @@ def obj_faces_text(faces: np.ndarray) -> str:
     """The ``f a b c`` block of an OBJ (1-based indices), formatted once per sequence."""
     f = np.asarray(faces, dtype=np.int64) + 1
     return ("f %d %d %d\n" * len(f)) % tuple(f.ravel().tolist())
+
+
+def obj_extras(tmp: Path, faces: np.ndarray, visuals: Visuals | None) -> tuple[bytes, bytes]:
+    """What every OBJ frame shares besides ``v``/``vn``: (header, faces) bytes.
+
+    The header names ``face.mtl`` (written into ``tmp``, with the template's material and a
+    copy of its texture, or a plain grey one) and holds the template's ``vt`` lines; faces
+    are ``f v/vt/vn`` (``f v//vn`` without UVs), normals indexed like vertices.
+    """
+    from talkinghead_cli.mesh_visuals import Material, write_mtl
+
+    material = (visuals.material if visuals is not None else None) or Material()
+    head = f"mtllib {write_mtl(tmp, material)}\n"
+    f = np.asarray(faces, np.int64) + 1
+    uv = None if visuals is None else visuals.corner_uv
+    if uv is None:
+        body = ("f %d//%d %d//%d %d//%d\n" * len(f)) % tuple(np.repeat(f.ravel(), 2).tolist())
+        return head.encode("ascii"), f"usemtl {material.name}\n{body}".encode("ascii")
+    table, corner = np.unique(np.asarray(uv, np.float32).reshape(-1, 2), axis=0, return_inverse=True)
+    head += ("vt %.6f %.6f\n" * len(table)) % tuple(table.ravel().tolist())
+    triples = np.stack([f.ravel(), corner.reshape(-1) + 1, f.ravel()], 1)
+    body = ("f %d/%d/%d %d/%d/%d %d/%d/%d\n" * len(f)) % tuple(triples.ravel().tolist())
+    return head.encode("ascii"), f"usemtl {material.name}\n{body}".encode("ascii")
 
 
 def ply_header(num_verts: int, num_faces: int) -> bytes:
@@ -248,6 +282,7 @@ def write_sequence(
     fmt: str = "obj",
     fps: float | None = None,
     progress: ProgressFn | None = None,
+    visuals: Visuals | None = None,
 ) -> Path:
     """Write a mesh sequence atomically.
 
@@ -256,8 +291,11 @@ def write_sequence(
             ``frame_00000.<fmt>`` ... .
         verts: (T, V, 3).
         faces: (F, 3).
-        fmt: one of ``npy``, ``npz`` (adds faces and fps), ``obj``, ``ply`` (binary).
+        fmt: one of ``npy``, ``npz`` (adds faces and fps), ``obj`` (with per-frame vertex
+            normals ``vn``, ``face.mtl``, and the template's ``vt`` when ``visuals`` has UVs),
+            ``ply`` (binary).
         progress: called with (frames written, T).
+        visuals: the template's UVs and material, for OBJ.
     Returns:
         the path written.
     """
@@ -281,9 +319,12 @@ def write_sequence(
         raise UserError(f"unknown mesh format '{fmt}'", None, f"use one of {', '.join(SEQUENCE_FORMATS)}")
     with atomic_dir(out) as tmp:
         if fmt == "obj":
-            faces_bytes = obj_faces_text(faces).encode("ascii")
+            from talkinghead_cli.mesh_visuals import vertex_normals
+
+            head, faces_bytes = obj_extras(tmp, faces, visuals)
             for i in range(t):
-                (tmp / f"frame_{i:05d}.obj").write_bytes(obj_vertex_bytes(verts[i]) + faces_bytes)
+                normals = obj_vertex_bytes(vertex_normals(verts[i], faces), "vn")
+                (tmp / f"frame_{i:05d}.obj").write_bytes(head + obj_vertex_bytes(verts[i]) + normals + faces_bytes)
                 report(progress, i + 1, t)
         else:
             header, face_block = ply_header(verts.shape[1], len(faces)), ply_face_block(faces)

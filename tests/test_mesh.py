@@ -110,7 +110,7 @@ def test_failed_write_leaves_nothing(tmp_path, sphere):
     with pytest.raises(RuntimeError):
         write_sequence(target, np.repeat(verts[None], 3, 0), faces, fmt="obj", progress=boom)
     # The earlier complete output is intact and no temporary folder is left behind.
-    assert sorted(p.name for p in target.iterdir()) == ["frame_00000.obj"]
+    assert sorted(p.name for p in target.iterdir()) == ["face.mtl", "frame_00000.obj"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 

@@ -35,7 +35,7 @@ from talkinghead_cli.audio import load_audio
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.export import checkpoint_rig, write_formats
+from talkinghead_cli.export import rig_for_formats, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.pretrained import resolve
 from talkinghead_cli.progress import ProgressFn, report
@@ -224,11 +224,12 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     out.flush()
     _write_face(dest / "face.npz", mesh, ckpt, fps)
     files = ["vertices.npy", "face.npz"]
-    needs_faces = any(f not in ("npy", "arkit") for f in cfg.formats) or cfg.video
+    needs_faces = any(f not in ("npy", "arkit", "livelink") for f in cfg.formats) or cfg.video
     if needs_faces and len(mesh.faces) == 0:
         raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
                         cfg.checkpoint, "pass --template with faces, or --format npy --no-video")
-    written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig, (pred, source.verts))
+    written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig, (pred, source.verts),
+                                      duration=len(audio) / model.sample_rate, visuals=mesh.visuals)
     files += written
     if rt is not None:
         del pred
@@ -305,7 +306,7 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[Anim
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)
     rt, ckpt = _retargeting(cfg, ckpt, mesh)
-    rig = checkpoint_rig(ckpt, cfg.checkpoint) if "arkit" in cfg.formats else None
+    rig = rig_for_formats(ckpt, cfg.formats, cfg.checkpoint)
     style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
     results = []
     with atomic_dir(cfg.out) as tmp:

@@ -291,8 +291,8 @@ def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np
     if "usd" in formats:
         from talkinghead_cli.export_usd import write_usd
 
-        files.append(write_usd(dest / "animation.usdc", verts, neutral, faces, fps, duration=duration,
-                               rig=own_rig, visuals=visuals))
+        files += write_usd(dest / "animation.usdc", verts, neutral, faces, fps, duration=duration,
+                           rig=own_rig, visuals=visuals)
         info["usd"] = {"frames": len(verts), "blendshapes": own_rig is not None}
     if "arkit" in formats or "livelink" in formats:
         if weights is None:

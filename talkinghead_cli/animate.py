@@ -264,10 +264,13 @@ def _notes(meta: dict) -> list[str]:
                      "vertices move")
     ex = meta.get("exports") or {}
     if "gltf" in ex:
-        notes.append(f"animation.glb: {ex['gltf']['morph_targets']} morph targets, "
-                     f"{100 * ex['gltf']['relative_error']:.2f} % reconstruction error")
+        g = ex["gltf"]
+        rig = f" ({g['rig_blendshapes']} ARKit blendshapes + residuals)" if g.get("rig_blendshapes") else ""
+        notes.append(f"animation.glb: {g['morph_targets']} morph targets{rig}, "
+                     f"{100 * g['relative_error']:.2f} % reconstruction error, largest vertex error "
+                     f"{g['max_vertex_error']:.2g} (mesh units)")
     if "arkit" in ex:
-        notes.append(f"arkit.csv/json: {ex['arkit']['blendshapes']} rig blendshapes solved, "
+        notes.append(f"ARKit curves: {ex['arkit']['blendshapes']} rig blendshapes solved, "
                      f"{100 * ex['arkit']['relative_error']:.1f} % fit error")
     return notes
 

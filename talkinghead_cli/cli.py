@@ -225,7 +225,7 @@ def animate_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train) or a registered model name [default: the bundled default]."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
-    fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), arkit (52 blendshape curves)."),
+    fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), usd (USD stage), arkit (52 blendshape curves: arkit.csv/json), livelink (Live Link Face CSV)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),

@@ -16,8 +16,10 @@ A folder of WAVs gives one such set per file under ``out/<stem>/``.
 Long audio is animated in windows of ``window_seconds`` that overlap by
 ``overlap_seconds``, linearly cross-faded in vertex space; window sizes in frames come
 from the model's own fps and sample rate. Only one window's model state is alive at a
-time and the vertices are written into a memory-mapped ``vertices.npy``, so memory stays
-bounded however long the speech. Shapes: S samples, T frames, V vertices, F faces.
+time and the vertices are written into a memory-mapped ``vertices.npy`` whose size is
+reserved on disk first (a retargeted mesh is written block by block instead), so memory
+stays bounded however long the speech and however large the template. The output's size is
+estimated and checked against the free space before any work. Shapes: S samples, T frames, V vertices, F faces.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from talkinghead_cli.atomic import atomic_dir
 from talkinghead_cli.audio import load_audio
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
+from talkinghead_cli.diskspace import animate_bytes, check_room, reserved_npy, stream_npy
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import checkpoint_rig, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
@@ -117,7 +120,8 @@ def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:
     return load_template(cfg.template, faces=faces)
 
 
-def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargeting | None, dict]:
+def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh,
+                 progress: ProgressFn | None = None) -> tuple[Retargeting | None, dict]:
     """Retargeting of a template of another topology (or with ``--landmarks``), and the
     checkpoint as seen on the user's mesh (lip/upper-face indices mapped onto it)."""
     if cfg.template is None:
@@ -128,7 +132,7 @@ def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargetin
         for_checkpoint,  # scipy: imported only when a template is given
     )
 
-    rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks)
+    rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks, progress=progress)
     if rt is None:
         return None, ckpt
     mapped = {k: rt.map_indices(None if ckpt.get(k) is None else ckpt[k].numpy())
@@ -211,17 +215,20 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     fps = float(model.fps)
     num_frames = int(model.num_frames(len(audio)))
     dest.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(dest / "vertices.npy", mode="w+", dtype=np.float32,
-                                    shape=(num_frames, mesh.num_verts, 3))
     window = max(2, int(round(cfg.window_seconds * fps)))
     overlap = min(int(round(cfg.overlap_seconds * fps)), (window - 1) // 2)
     source = mesh if rt is None else rt.source  # the mesh the model animates
-    pred = out if rt is None else np.lib.format.open_memmap(
-        dest / ".model_vertices.npy", mode="w+", dtype=np.float32, shape=(num_frames, source.num_verts, 3))
+    # memory maps with their size reserved on disk: a full disk is an ENOSPC here, never a SIGBUS later
+    pred = reserved_npy(dest / ("vertices.npy" if rt is None else ".model_vertices.npy"),
+                        (num_frames, source.num_verts, 3))
     predict_windowed(model, audio, torch.from_numpy(source.verts).to(device), style, pred, window, overlap, progress)
-    if rt is not None:
-        rt.transfer_into(pred, source.verts, mesh.verts, out)
-    out.flush()
+    pred.flush()
+    if rt is None:
+        out = pred
+    else:  # the user's (maybe huge) mesh: written block by block, never held or mapped for writing
+        stream_npy(dest / "vertices.npy", (num_frames, mesh.num_verts, 3),
+                   (block for _, block in rt.transfer_chunks(pred, source.verts, mesh.verts)))
+        out = np.load(dest / "vertices.npy", mmap_mode="r")
     _write_face(dest / "face.npz", mesh, ckpt, fps)
     files = ["vertices.npy", "face.npz"]
     needs_faces = any(f not in ("npy", "arkit") for f in cfg.formats) or cfg.video
@@ -288,23 +295,55 @@ def _model_card(ckpt: dict) -> dict:
     return {"kind": a.get("kind"), "size": a.get("size"), "encoder": a.get("encoder")}
 
 
-def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[AnimationResult]:
+def planned_frames(files: list[Path], model) -> list[int]:
+    """Frames the model will make for each speech file, from the files' headers (0 where
+    the header cannot be read: the decoder reports that file later)."""
+    import soundfile as sf
+
+    frames = []
+    for f in files:
+        try:
+            info = sf.info(str(f))
+            samples = info.frames * model.sample_rate / max(info.samplerate, 1)
+        except Exception:  # noqa: BLE001 - any unreadable header: counted as 0, refused by load_audio
+            samples = 0
+        frames.append(int(model.num_frames(int(samples))) if samples > 0 else 0)
+    return frames
+
+
+def check_output_room(cfg: AnimateConfig, files: list[Path], model, ckpt: dict, mesh: Mesh) -> int:
+    """Estimate what ``animate`` will write (:func:`~talkinghead_cli.diskspace.animate_bytes`)
+    and refuse before any work when the output's filesystem lacks the room. Returns bytes."""
+    model_verts = int(ckpt["config"]["animator"]["num_verts"])
+    retarget = model_verts if (cfg.template is not None and mesh.num_verts != model_verts) or cfg.landmarks else None
+    need = sum(animate_bytes(t, mesh.verts, mesh.faces, cfg.formats, cfg.video, retarget)
+               for t in planned_frames(files, model))
+    check_room(cfg.out, need, f"animating {len(files)} file{'s' if len(files) > 1 else ''}")
+    return need
+
+
+def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
+            align_progress: ProgressFn | None = None) -> list[AnimationResult]:
     """Animate one speech file, or each speech file of a folder, into ``cfg.out``.
 
     Args:
         progress: called with (frames predicted, total frames) per file.
+        align_progress: called with (percent, 100) while a template of another topology is aligned.
     Returns:
         one :class:`AnimationResult` per speech file.
     Raises:
         UserError: bad checkpoint, a template that is not a face-like triangle mesh, bad
-            landmarks, a model without a rig for ``arkit``, unknown style, bad audio.
+            landmarks, a model without a rig for ``arkit``, unknown style, bad audio, not
+            enough free space for the estimated output.
+        OSError: ENOSPC when the disk fills up anyway (the temporary folder is removed).
     """
     files = _speech_files(cfg.audio)
     cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)
-    rt, ckpt = _retargeting(cfg, ckpt, mesh)
+    check_output_room(cfg, files, model, ckpt, mesh)  # before the alignment and the prediction
+    rt, ckpt = _retargeting(cfg, ckpt, mesh, align_progress)
     rig = checkpoint_rig(ckpt, cfg.checkpoint) if "arkit" in cfg.formats else None
     style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
     results = []

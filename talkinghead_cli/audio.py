@@ -24,6 +24,27 @@ class SilentAudioWarning(UserWarning):
     """The input contains only digital silence."""
 
 
+class TruncatedAudioWarning(UserWarning):
+    """The file holds less audio than its header announces (a cut-off download or copy)."""
+
+
+def header_shortfall(info) -> float | None:
+    """Seconds a WAV/AIFF header announces, when the file holds less than that (else None).
+
+    libsndfile reads what is there and notes ``data : 96000 (should be 32000)`` (bytes the
+    header promises, bytes present) in ``info.extra_info``.
+    """
+    import re
+
+    m = re.search(r"^\s*data\s*:\s*(\d+)\s*\(should be (\d+)\)", str(getattr(info, "extra_info", "")), re.M)
+    if m is None or not info.samplerate:
+        return None
+    promised, present = int(m.group(1)), int(m.group(2))
+    if promised <= present or present <= 0:
+        return None
+    return info.frames / info.samplerate * promised / present
+
+
 def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample a mono waveform with soxr (high quality).
 
@@ -55,7 +76,9 @@ def load_audio(
     Raises:
         UserError: missing, unreadable, empty or too short/long file.
     """
-    path = Path(path)
+    from talkinghead_cli.paths import check_input
+
+    path = check_input(path, "the audio", folder_ok=True)  # never open a FIFO or a device
     if not path.exists():
         raise UserError("audio file not found", path, "check the path")
     if path.is_dir():
@@ -66,6 +89,11 @@ def load_audio(
         raise UserError("cannot read audio (corrupt or unsupported format)", path,
                         "convert it to 16-bit WAV, FLAC or OGG") from e
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    announced = header_shortfall(info)
+    if announced is not None and info.frames > 0:
+        warnings.warn(f"{path}: the file is shorter than its header says ({seconds:.2f} s of the "
+                      f"{announced:.2f} s announced; a cut-off copy?); using the {seconds:.2f} s that are there",
+                      TruncatedAudioWarning, stacklevel=2)
     if info.frames == 0:
         raise UserError("the audio file is empty", path, "record or export it again")
     if seconds < MIN_SECONDS:

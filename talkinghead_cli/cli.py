@@ -69,15 +69,17 @@ def _root(
 def progress_bar(description: str, unit: str = "frames") -> Iterator[ProgressFn]:
     """A progress callback shown as a rich bar on a terminal, silent otherwise."""
     if state.quiet or not console.is_terminal:
-        yield lambda done, total: None
+        yield lambda done, total, stage=None, stage_unit="": None
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn(unit), TimeRemainingColumn()]
+               TextColumn("{task.fields[unit]}"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(description, total=None, unit=unit)
 
-        def update(done: float, total: float | None) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: float, total: float | None, stage: str | None = None, stage_unit: str = "") -> None:
+            """``stage``: another description (and unit) for a step before the main one."""
+            bar.update(task, completed=done, total=total, description=stage or description,
+                       unit=stage_unit if stage else unit)
 
         yield update
 
@@ -109,13 +111,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # internal error
+    except OSError as e:
+        from talkinghead_cli.diskspace import FIX, is_disk_full
+
+        if not is_disk_full(e):
+            _internal_error(e, verbose)
         if verbose:
             console.print_exception()
-        console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
-                      "(run with --verbose for the traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        where = f", {e.filename}" if e.filename else ""
+        console.print(f"[red]error:[/red] the disk filled up while writing ({e.strerror}){where}, {FIX}; "
+                      "nothing half-written was kept", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:  # internal error
+        _internal_error(e, verbose)
     sys.exit(0)
+
+
+def _internal_error(e: BaseException, verbose: bool) -> None:
+    if verbose:
+        console.print_exception()
+    console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
+                  "(run with --verbose for the traceback)", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 def existing_path(path: Path, what: str) -> Path:
@@ -238,7 +255,8 @@ def animate_cmd(
                                                style=style, format=fmt, video=not no_video, device=device,
                                                allow_long=allow_long, landmarks=landmarks), command="animate")
     with progress_bar("animating", unit="frames") as progress:
-        results = animate(cfg, progress=progress)
+        results = animate(cfg, progress=progress,
+                          align_progress=lambda done, total: progress(done, total, "aligning the template", "%"))
     for r in results:
         out.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s)",
                   highlight=False, soft_wrap=True)

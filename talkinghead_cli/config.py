@@ -121,10 +121,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         UserError: missing file, bad syntax, a non-mapping document, or YAML without PyYAML.
     """
-    path = Path(path)
+    from talkinghead_cli.paths import check_input
+
+    path = check_input(path, "--config")
     if not path.exists():
         raise UserError("config file not found", path, "check the path")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"the config file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start})", path,
+                        "save it as UTF-8 JSON or YAML") from e
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         try:
@@ -159,13 +165,17 @@ def build_config(cls: type[BaseModel], file_values: dict[str, Any], flags: dict[
     merged = dict(file_values)
     merged.update({k: v for k, v in flags.items() if v is not None})
     try:
-        return cls(**merged)
+        cfg = cls(**merged)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
         hint = f"see `avtalk {command} --help`" if command else "see `avtalk COMMAND --help`"
         raise UserError(f"invalid setting '{where}': {msg}", source, hint) from e
+    from talkinghead_cli.paths import check_config_paths
+
+    check_config_paths(cfg, command)  # no FIFO, device or misplaced folder among the inputs
+    return cfg
 
 
 class ExpertTrainConfig(_Strict):

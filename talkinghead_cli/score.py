@@ -380,6 +380,9 @@ def corpus_transcripts(corpus, transcripts: Path | None) -> dict[str, str]:
     if transcripts is not None:
         try:
             data = json.loads(Path(transcripts).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"the transcripts file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start})", transcripts, "save it as UTF-8 JSON") from e
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read the transcripts ({type(e).__name__})", transcripts,
                             'write a JSON object {"<subject>_<sentence>": "text", ...}') from e

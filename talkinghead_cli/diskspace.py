@@ -23,7 +23,7 @@ import numpy as np
 from talkinghead_cli.errors import UserError
 
 LARGE = 1 << 30  # announce outputs from 1 GiB
-MIN_MARGIN = 64 << 20  # keep at least 64 MiB free, and 2 % of the estimate
+MIN_MARGIN = 8 << 20  # keep at least 8 MiB free, and 2 % of the estimate
 VIDEO_BYTES_PER_FRAME = 12_000  # H.264 preview at 512 px, measured 3-8 kB per frame
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 FIX = "free some space, write elsewhere with -o, or use --format npy or gltf (far smaller than per-frame OBJ/PLY)"
@@ -108,6 +108,19 @@ def animate_bytes(frames: int, template: np.ndarray, faces: np.ndarray, formats:
     if model_verts is not None:
         total += frames * model_verts * 12
     return int(total)
+
+
+def synth_bytes(texts: Iterable[str], fps: float, verts: int, blendshapes: int, sample_rate: int = 16_000) -> int:
+    """What ``synth`` writes for these sentences: per utterance a 16-bit WAV, (T, V*3) and
+    (T, K) float32 arrays; speech length guessed at 0.4 s per word plus 0.5 s."""
+    texts = list(texts)
+    seconds = sum(0.5 + 0.4 * len(t.split()) for t in texts)
+    return int(seconds * (sample_rate * 2 + fps * (verts * 12 + blendshapes * 4)) + 4096 * len(texts))
+
+
+def video_bytes(frames: int, size: int = 512) -> int:
+    """An H.264 preview of ``frames`` frames of ``size`` x ``size`` pixels (an upper estimate)."""
+    return int(frames * VIDEO_BYTES_PER_FRAME * (size / 512) ** 2) + (1 << 20)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -592,6 +592,9 @@ def render_sequence_file(config: RenderConfig, progress: ProgressFn | None = Non
         raise UserError(f"the sequence has {verts.shape[1]} vertices, the template {template.num_verts}",
                         config.sequence, "use the template the sequence was made with")
     fps = config.fps or seq_fps or DEFAULT_FPS
+    from talkinghead_cli.diskspace import check_room, video_bytes
+
+    check_room(config.output.parent, video_bytes(len(verts), config.size), "the video")
     return render_preview(verts, template.faces, config.output, fps=fps, audio=config.audio,
                           size=config.size, batch=config.batch, template=template.verts,
                           progress=progress)

@@ -258,6 +258,10 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     for s in subjects:
         check_voice(s["voice"])
     plan = plan_sentences(cfg, sentences, subjects)
+    from talkinghead_cli.diskspace import check_room, synth_bytes
+
+    check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
+                                    len(rig.names)), "the corpus")  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))
     total = sum(len(v) for v in plan.values())
     done = 0

@@ -50,10 +50,10 @@ MAX_ERROR = 0.02  # refuse when the p95 alignment error exceeds 2 % of the templ
 FALLOFF = (0.01, 0.04)  # full motion below 1 %, none beyond 4 % of the diagonal
 MIN_LANDMARKS = 4
 _ICP_POINTS = 600
-# Templates with more faces are bent onto a vertex-clustered stand-in of PROXY_CELLS cubes
-# along their longest side (the mapping itself always uses every vertex).
+# Templates with more faces are bent onto a vertex-clustered stand-in with cubes of a quarter of the
+# model template's median edge (the mapping itself always uses every vertex).
 PROXY_FACES = 100_000
-PROXY_CELLS = 400
+PROXY_CELL = 0.25
 # Non-rigid ICP schedule (stiffness, landmark weight, normal weight, iterations): trimesh's
 # default weights with at most 5 iterations per step.
 NRICP_STEPS = [[0.01, 10, 0.5, 5], [0.02, 5, 0.5, 5], [0.03, 2.5, 0.5, 5], [0.01, 0, 0.0, 5]]
@@ -322,8 +322,10 @@ def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray 
     remap[idx] = np.arange(len(idx))
     sub = _trimesh(Mesh(placed[idx], remap[faces]))
     size = float(np.linalg.norm(np.ptp(placed[idx], axis=0)))
-    target = _trimesh(user) if len(user.faces) <= PROXY_FACES else _trimesh(Mesh(*cluster_proxy(
-        user.verts, user.faces, PROXY_CELLS)))  # a dense scan: bend onto a stand-in of ~1/400 resolution
+    target = _trimesh(user)
+    if len(user.faces) > PROXY_FACES:  # a dense scan: bend onto a stand-in 4x as fine as the template
+        edges = placed[faces[:, 1]] - placed[faces[:, 0]]
+        target = _trimesh(Mesh(*cluster_proxy(user.verts, user.faces, PROXY_CELL * np.median(np.linalg.norm(edges, axis=1)))))
     try:
         bent = np.asarray(nricp_amberg(sub, target, distance_threshold=0.05 * size, steps=NRICP_STEPS))
     except (np.linalg.LinAlgError, ValueError, RuntimeError):

@@ -219,19 +219,19 @@ def surface_moments(verts: np.ndarray, faces: np.ndarray, chunk: int = 4 * CHUNK
     return mu, axes, np.sqrt(np.maximum(evals[order], 0))
 
 
-def cluster_proxy(verts: np.ndarray, faces: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """A coarse stand-in of a dense mesh by vertex clustering: vertices in the same cube of a
-    grid with ``cells`` cubes along the longest side merge into their mean; triangles that
-    collapse are dropped. The surface moves by at most a cube's diagonal.
+def cluster_proxy(verts: np.ndarray, faces: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    """A coarse stand-in of a dense mesh by vertex clustering: vertices in the same cube of
+    side ``cell`` merge into their mean; triangles that collapse are dropped. The surface
+    moves by at most a cube's diagonal.
 
     Returns:
         (verts (V', 3) float64, faces (F', 3) int64).
     """
     verts = np.asarray(verts, np.float64)
     lo = verts.min(axis=0)
-    size = max(float(np.ptp(verts, axis=0).max()), 1e-12) / cells
-    cell = np.floor((verts - lo) / size).astype(np.int64)
-    key = (cell[:, 0] * (cells + 2) + cell[:, 1]) * (cells + 2) + cell[:, 2]
+    cube = np.floor((verts - lo) / max(cell, 1e-12)).astype(np.int64)
+    n = cube.max(axis=0) + 1
+    key = (cube[:, 0] * n[1] + cube[:, 1]) * n[2] + cube[:, 2]
     _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     merged = np.stack([np.bincount(inverse, weights=verts[:, c]) for c in range(3)], axis=1) / counts[:, None]
     f = inverse[faces]

@@ -6,7 +6,9 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
 1. **Alignment.** A similarity transform ``x_user = s R x_src + t`` found from area-weighted
    surface moments (centroid, scale, principal axes) under all 24 axis-permutation/sign
    hypotheses, each refined by a short rigid-plus-scale ICP of the source's face region onto
-   the user's surface (``trimesh.registration.icp``); the best hypothesis is refined further.
+   the user's surface (closest points from a :class:`~talkinghead_cli.surface.SurfaceIndex`:
+   KD-trees and chunked closest-triangle queries, memory linear in the mesh); the best
+   hypothesis is refined further.
    With ``landmarks`` (user vertex -> source vertex pairs) the initial transform is their
    Umeyama/Procrustes fit instead.
 2. **Alignment error.** Distances from the source's face region (lips + upper face when the
@@ -15,7 +17,9 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
    is refused as not face-like.
 3. **Mapping.** The source, placed in the user's frame, has its main surface (the skin, not
    eyes or teeth) bent onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``)
-   so that faces of other proportions meet mouth to mouth. Each user vertex takes the
+   so that faces of other proportions meet mouth to mouth (a template of more than
+   ``PROXY_FACES`` triangles, e.g. a scan, is stood in for by a vertex-clustered copy a
+   little finer than the model's face). Each user vertex takes the
    barycentric coordinates of its closest bent-source triangle that faces the same way
    (closed lips map to their own lip), times a smooth falloff from 1 (on the surface) to 0
    (``FALLOFF`` distances away: back of the head, neck, borders): a sparse (Vu, Vt) matrix ``W``.
@@ -24,7 +28,7 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
    landmarks, so a template is aligned once (``AVTALK_CACHE_DIR`` moves or disables it).
 5. **Transfer.** Per frame, ``d_user = s R (W @ (pred - source))``: displacements
    interpolated on the source, rotated and scaled into the user's frame. One sparse matmul
-   for all frames.
+   per block of frames (:meth:`Retargeting.transfer_chunks`), written as it is made.
 
 Shapes: T frames, V vertices (Vt source, Vu user), F faces.
 """

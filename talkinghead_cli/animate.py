@@ -318,7 +318,8 @@ def check_output_room(cfg: AnimateConfig, files: list[Path], model, ckpt: dict, 
     retarget = model_verts if (cfg.template is not None and mesh.num_verts != model_verts) or cfg.landmarks else None
     need = sum(animate_bytes(t, mesh.verts, mesh.faces, cfg.formats, cfg.video, retarget)
                for t in planned_frames(files, model))
-    check_room(cfg.out, need, f"animating {len(files)} file{'s' if len(files) > 1 else ''}")
+    check_room(cfg.out, need, f"animating {len(files)} file{'s' if len(files) > 1 else ''}",
+               per_frame_files=any(f in ("obj", "ply") for f in cfg.formats))
     return need
 
 

@@ -85,7 +85,7 @@ def progress_bar(description: str, unit: str = "frames") -> Iterator[ProgressFn]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

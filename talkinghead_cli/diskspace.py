@@ -126,19 +126,23 @@ def video_bytes(frames: int, size: int = 512) -> int:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_room(out: str | Path, need: int, what: str) -> None:
+def check_room(out: str | Path, need: int, what: str, per_frame_files: bool = True) -> None:
     """Refuse when ``need`` bytes (plus :func:`margin`) do not fit where ``out`` goes; warn
     (:class:`LargeOutputWarning`) when ``need`` is over :data:`LARGE`.
+
+    ``per_frame_files``: the output includes OBJ/PLY frames (the hint names smaller formats).
 
     Raises:
         UserError: not enough free space.
     """
     free = free_bytes(out)
+    fix = FIX if per_frame_files else "free some space or write elsewhere with -o"
     if need + margin(need) > free:
-        raise UserError(f"{what} needs about {human(need)} but only {human(free)} is free there", out, FIX)
+        raise UserError(f"{what} needs about {human(need)} but only {human(free)} is free there", out, fix)
     if need >= LARGE:
-        warnings.warn(f"{what} will write about {human(need)} into {out} ({human(free)} free); "
-                      "--format npy or gltf is far smaller than per-frame OBJ/PLY", LargeOutputWarning, stacklevel=2)
+        hint = "; --format npy or gltf is far smaller than per-frame OBJ/PLY" if per_frame_files else ""
+        warnings.warn(f"{what} will write about {human(need)} into {out} ({human(free)} free){hint}",
+                      LargeOutputWarning, stacklevel=2)
 
 
 def _reserve(fh, size: int) -> None:

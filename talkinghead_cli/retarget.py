@@ -96,12 +96,14 @@ class Retargeting:
         Returns:
             (T, Vu, 3) float32.
         """
-        disp = np.asarray(pred, np.float32) - np.asarray(source, np.float32)[None]
-        t, vt, _ = disp.shape
-        moved = self.weights.astype(np.float32) @ disp.transpose(1, 0, 2).reshape(vt, t * 3)  # (Vu, T*3)
-        moved = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3) in the source frame
         to_user = (self.scale * self.rotation).astype(np.float32)  # d_user = s R d_src
-        return (target[None] + moved @ to_user.T).astype(np.float32)
+        disp = (np.asarray(pred, np.float32) - np.asarray(source, np.float32)[None]) @ to_user.T  # rotate first:
+        t, vt, _ = disp.shape  # W (s R d) = s R (W d), and Vt is small
+        weights = self.weights if self.weights.dtype == np.float32 else self.weights.astype(np.float32)
+        moved = weights @ np.ascontiguousarray(disp.transpose(1, 0, 2)).reshape(vt, t * 3)  # (Vu, T*3)
+        out = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3)
+        out += np.asarray(target, np.float32)[None]
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def transfer_into(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray, out: np.ndarray,
                       chunk: int | None = None) -> np.ndarray:
@@ -112,8 +114,8 @@ class Retargeting:
 
     def transfer_chunks(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray, chunk: int | None = None):
         """:meth:`transfer` in blocks of frames: yields (first frame, (t, Vu, 3) float32). The
-        default block holds about 4 M user vertex positions (~50 MB), whatever Vu is."""
-        chunk = chunk or max(1, min(500, 4_000_000 // max(1, self.weights.shape[0])))
+        default block holds about 8 M user vertex positions (~100 MB), whatever Vu is."""
+        chunk = chunk or max(1, min(500, 8_000_000 // max(1, self.weights.shape[0])))
         target = np.asarray(target, np.float32)
         for a in range(0, len(pred), chunk):
             yield a, self.transfer(np.asarray(pred[a:a + chunk]), source, target)

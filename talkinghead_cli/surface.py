@@ -123,7 +123,8 @@ class SurfaceIndex:
         owner = owner // nv.shape[1]
         owner = np.concatenate([owner, np.repeat(np.arange(len(points)), nc.shape[1])])
         face = np.concatenate([face, nc.ravel()])
-        key = np.unique(owner * len(self.faces) + face)  # sorted by point, repeats dropped
+        key = np.sort(owner * len(self.faces) + face)  # by point; then repeats dropped
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]
         return key // len(self.faces), key % len(self.faces)
 
     def query(self, points: np.ndarray, normals: np.ndarray | None = None, penalty: float = 0.0,
@@ -161,10 +162,13 @@ class SurfaceIndex:
 
 
 def _argmin_per_group(score: np.ndarray, owner: np.ndarray, groups: int) -> np.ndarray:
-    """Index of the smallest ``score`` of each group; ``owner`` (M,) sorted, every group present."""
-    order = np.lexsort((score, owner))  # by group, then by score
-    first = np.searchsorted(owner[order], np.arange(groups))
-    return order[first]
+    """Index of the smallest ``score`` of each group; ``owner`` (M,) sorted, every group present.
+    The groups are laid out as rows of a padded (groups, largest group) table: no sorting."""
+    counts = np.bincount(owner, minlength=groups)
+    start = np.cumsum(counts) - counts
+    table = np.full((groups, int(counts.max())), np.inf)
+    table[owner, np.arange(len(owner)) - start[owner]] = score
+    return start + np.argmin(table, axis=1)
 
 
 def face_centroids(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -594,7 +594,7 @@ def render_sequence_file(config: RenderConfig, progress: ProgressFn | None = Non
     fps = config.fps or seq_fps or DEFAULT_FPS
     from talkinghead_cli.diskspace import check_room, video_bytes
 
-    check_room(config.output.parent, video_bytes(len(verts), config.size), "the video")
+    check_room(config.output.parent, video_bytes(len(verts), config.size), "the video", per_frame_files=False)
     return render_preview(verts, template.faces, config.output, fps=fps, audio=config.audio,
                           size=config.size, batch=config.batch, template=template.verts,
                           progress=progress)

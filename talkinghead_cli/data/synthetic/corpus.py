@@ -261,7 +261,7 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     from talkinghead_cli.diskspace import check_room, synth_bytes
 
     check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
-                                    len(rig.names)), "the corpus")  # before any synthesis
+                                    len(rig.names)), "the corpus", per_frame_files=False)  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))
     total = sum(len(v) for v in plan.values())
     done = 0

@@ -46,7 +46,7 @@ import scipy.sparse as sp
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.mesh import Mesh
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.surface import SurfaceIndex, cluster_proxy, surface_moments, vertex_normals
+from talkinghead_cli.surface import SurfaceIndex, cluster_proxy, surface_area, surface_moments, vertex_normals
 
 __all__ = ["surface_moments"]  # re-exported for callers of the former location
 
@@ -54,8 +54,9 @@ MAX_ERROR = 0.02  # refuse when the p95 alignment error exceeds 2 % of the templ
 FALLOFF = (0.01, 0.04)  # full motion below 1 %, none beyond 4 % of the diagonal
 MIN_LANDMARKS = 4
 _ICP_POINTS = 600
-# Templates with more faces are bent onto a vertex-clustered stand-in with cubes of a quarter of the
-# model template's median edge (the mapping itself always uses every vertex).
+# Templates with more faces are aligned (24 hypotheses) and bent onto a vertex-clustered stand-in
+# with cubes of PROXY_CELL times the model face's typical edge at the template's size (the final
+# ICP, the error and the per-vertex mapping always use every vertex).
 PROXY_FACES = 100_000
 PROXY_CELL = 0.25
 # Non-rigid ICP schedule (stiffness, landmark weight, normal weight, iterations): trimesh's
@@ -270,10 +271,13 @@ def alignment_error(points: np.ndarray, matrix: np.ndarray, user: SurfaceIndex, 
 
 
 def align_automatic(source: Mesh, user: Mesh, region: np.ndarray | None = None,
-                    index: SurfaceIndex | None = None, progress: ProgressFn | None = None) -> np.ndarray:
-    """Source -> user similarity (4x4) from surface moments, 24 axis hypotheses and ICP.
+                    index: SurfaceIndex | None = None, progress: ProgressFn | None = None,
+                    coarse_index: SurfaceIndex | None = None) -> np.ndarray:
+    """Source -> user similarity (4x4) from surface moments, 24 axis hypotheses and ICP
+    (the hypotheses on ``coarse_index``, a stand-in of a dense mesh, when given).
     ``progress`` is called with (hypotheses tried, 25)."""
-    user_tm = index if index is not None else SurfaceIndex(user.verts, user.faces)
+    full = index if index is not None else SurfaceIndex(user.verts, user.faces)
+    user_tm = coarse_index if coarse_index is not None else full
     mu_s, ax_s, sd_s = surface_moments(source.verts, source.faces)
     mu_u, ax_u, sd_u = surface_moments(user.verts, user.faces)
     scale = float(np.sqrt((sd_u ** 2).sum() / max((sd_s ** 2).sum(), 1e-30)))
@@ -289,7 +293,7 @@ def align_automatic(source: Mesh, user: Mesh, region: np.ndarray | None = None,
         if err < best_err:
             best, best_err = m, err
         report(progress, i + 1, len(hypotheses) + 1)
-    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), user_tm, best, 30)
+    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), full, best, 30)
 
 
 def align_landmarks(source: Mesh, user: Mesh, pairs: np.ndarray, region: np.ndarray | None = None,
@@ -315,10 +319,20 @@ def main_surface(mesh: Mesh, share: float = 0.1) -> np.ndarray:
     return np.flatnonzero(area[labels] >= share * area.sum())
 
 
-def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray | None:
+def stand_in(user: Mesh, num_source: int) -> Mesh | None:
+    """A vertex-clustered copy of a dense template (over ``PROXY_FACES`` triangles) a little
+    finer than the model's face would be at the template's size, or None for a small one."""
+    if len(user.faces) <= PROXY_FACES:
+        return None
+    edge = np.sqrt(2 * surface_area(user.verts, user.faces) / (np.sqrt(3) * num_source))  # equilateral mesh
+    return Mesh(*cluster_proxy(user.verts, user.faces, PROXY_CELL * edge))
+
+
+def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray, proxy: Mesh | None = None) -> np.ndarray | None:
     """Source vertices placed by ``matrix`` in the user's frame, then the main surface bent
-    onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``), so that mouth,
-    nose and eyes of another face shape meet. Returns (Vt, 3), or None if it fails."""
+    onto the user's (or its stand-in ``proxy``) by non-rigid ICP
+    (``trimesh.registration.nricp_amberg``), so that mouth, nose and eyes of another face
+    shape meet. Returns (Vt, 3), or None if it fails."""
     from trimesh.registration import nricp_amberg
 
     placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
@@ -328,10 +342,7 @@ def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray 
     remap[idx] = np.arange(len(idx))
     sub = _trimesh(Mesh(placed[idx], remap[faces]))
     size = float(np.linalg.norm(np.ptp(placed[idx], axis=0)))
-    target = _trimesh(user)
-    if len(user.faces) > PROXY_FACES:  # a dense scan: bend onto a stand-in 4x as fine as the template
-        edges = placed[faces[:, 1]] - placed[faces[:, 0]]
-        target = _trimesh(Mesh(*cluster_proxy(user.verts, user.faces, PROXY_CELL * np.median(np.linalg.norm(edges, axis=1)))))
+    target = _trimesh(user if proxy is None else proxy)
     try:
         bent = np.asarray(nricp_amberg(sub, target, distance_threshold=0.05 * size, steps=NRICP_STEPS))
     except (np.linalg.LinAlgError, ValueError, RuntimeError):
@@ -439,11 +450,13 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
     """
     report(progress, 0, 100)
     index = SurfaceIndex(user.verts, user.faces)
+    proxy = stand_in(user, source.num_verts)
     if landmarks is not None:
         matrix, method = align_landmarks(source, user, landmarks, region, index), "landmarks"
     else:
         step = None if progress is None else (lambda done, total: progress(40 * done / total, 100))
-        matrix, method = align_automatic(source, user, region, index, step), "automatic"
+        coarse = None if proxy is None else SurfaceIndex(proxy.verts, proxy.faces)
+        matrix, method = align_automatic(source, user, region, index, step, coarse), "automatic"
     report(progress, 40, 100)
     diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
     pts = source.verts[region] if region is not None and len(region) >= 10 else source.verts
@@ -457,7 +470,7 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
                         f"of the face size (95th percentile; at most {100 * max_error:.1f} % accepted)",
                         user_path, hint)
     rot, scale, trans = _split(matrix)
-    placed = refine_nonrigid(source, user, matrix) if nonrigid else None
+    placed = refine_nonrigid(source, user, matrix, proxy) if nonrigid else None
     bent = placed is not None
     if not bent:
         placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]

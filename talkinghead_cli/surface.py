@@ -200,6 +200,13 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray, chunk: int = 4 * CHUNK)
     return _unit(acc)
 
 
+def surface_area(verts: np.ndarray, faces: np.ndarray, chunk: int = 4 * CHUNK) -> float:
+    """Total triangle area, ``chunk`` faces at a time."""
+    verts = np.asarray(verts, np.float64)
+    return float(sum(np.linalg.norm(_face_cross(verts, faces[a:a + chunk]), axis=1).sum() / 2
+                     for a in range(0, len(faces), chunk)))
+
+
 def surface_moments(verts: np.ndarray, faces: np.ndarray, chunk: int = 4 * CHUNK
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Area-weighted centroid (3,), principal axes (3, 3) as columns (right-handed, by

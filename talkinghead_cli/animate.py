@@ -19,7 +19,8 @@ from the model's own fps and sample rate. Only one window's model state is alive
 time and the vertices are written into a memory-mapped ``vertices.npy`` whose size is
 reserved on disk first (a retargeted mesh is written block by block instead), so memory
 stays bounded however long the speech and however large the template. The output's size is
-estimated and checked against the free space before any work. Shapes: S samples, T frames, V vertices, F faces.
+estimated and checked against the free space before any work.
+Shapes: S samples, T frames, V vertices, F faces.
 """
 
 from __future__ import annotations

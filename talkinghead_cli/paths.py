@@ -16,8 +16,9 @@ from typing import Any, Iterable
 
 # Config fields that name outputs (never checked as inputs).
 OUTPUT_FIELDS = frozenset({"out", "output", "run_dir", "json_path", "cache_dir"})
-# How the message names a field (default: ``--field-name``).
-LABELS = {"audio": "the speech", "path": "the input", "sequence": "the sequence", "checkpoints": "--checkpoint"}
+# How the message names a field, per field or (command, field) (default: ``--field-name``).
+LABELS = {"path": "the input", "sequence": "the sequence", "checkpoints": "--checkpoint",
+          ("animate", "audio"): "the speech"}
 # Input fields that may name a folder, per command (None: every command).
 FOLDER_FIELDS = {
     None: frozenset({"data_root", "from_recordings"}),
@@ -85,5 +86,5 @@ def check_config_paths(cfg: Any, command: str | None = None) -> None:
         if name in OUTPUT_FIELDS:
             continue
         for path in _candidates(getattr(cfg, name, None)):
-            label = LABELS.get(name, f"--{name.replace('_', '-')}")
+            label = LABELS.get((command, name)) or LABELS.get(name, f"--{name.replace('_', '-')}")
             check_input(path, label, folder_ok=name in folders)

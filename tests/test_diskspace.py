@@ -132,3 +132,19 @@ def test_small_filesystem_fills_during_the_write(small_fs):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: the disk filled up while writing"), r.stderr
         assert sorted(os.listdir(small_fs)) == ["ballast"]
+
+
+def test_synth_and_render_check_the_room(tmp_path, monkeypatch, capsys):
+    from talkinghead_cli.diskspace import synth_bytes
+
+    # a built corpus of 1,680 utterances (15,080 words) took 4,147 s of speech, 6.5 GB
+    est = synth_bytes(["one two three four five six seven eight nine"] * 1680, 30.0, 4368, 52)
+    assert 0.9 < est / 6.5e9 < 1.3
+    monkeypatch.setattr(diskspace, "free_bytes", lambda path: 1 << 20)
+    assert avtalk("synth", tmp_path / "c", "--subjects", "2", "--sentences", "2") == 2
+    err = capsys.readouterr().err
+    assert "the corpus needs about" in err and not (tmp_path / "c").exists()
+    assert not list(tmp_path.iterdir())
+    assert avtalk("render", ROOT / "examples" / "sequence.npz", "-t", ROOT / "examples" / "template.obj",
+                  "-o", tmp_path / "a.mp4") == 2
+    assert "the video needs about" in capsys.readouterr().err and not (tmp_path / "a.mp4").exists()

@@ -273,6 +273,7 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     plan = plan_sentences(cfg, sentences, subjects)
     from talkinghead_cli.diskspace import check_room, synth_bytes
 
+    _check_parent(Path(cfg.out))  # a bad output path is named first
     check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
                                     len(rig.names)), "the corpus", per_frame_files=False)  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))

@@ -32,6 +32,7 @@ import torch
 
 from talkinghead_cli.atomic import atomic_dir
 from talkinghead_cli.audio import load_audio
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
@@ -39,7 +40,6 @@ from talkinghead_cli.export import checkpoint_rig, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.pretrained import resolve
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from talkinghead_cli.retarget import Retargeting

@@ -363,7 +363,7 @@ def finetune_expert_cmd(
 ) -> None:
     """Train the lip-reading expert on lip windows rendered from ground-truth meshes (stage 1)."""
     from talkinghead_cli.config import ExpertTrainConfig, build_config, read_config_file
-    from talkinghead_cli.lipreader.train import finetune_expert
+    from talkinghead_cli.training.expert_trainer import finetune_expert
 
     if cache is not None and no_cache:
         raise UserError("--cache and --no-cache exclude each other", cache, "pass one of them")

@@ -180,8 +180,8 @@ class Face:
 
 
 def _face_from_checkpoint(path) -> Face:
+    from talkinghead_cli.checkpoint import load_checkpoint
     from talkinghead_cli.pretrained import resolve
-    from talkinghead_cli.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(resolve(path, "animator"), kind="animator")
     arr = lambda k: None if ck.get(k) is None else ck[k].numpy()

@@ -16,11 +16,11 @@ from talkinghead_cli.animate import (
     predict_windowed,
     window_plan,
 )
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.training.trainer import train
 
 SUBJECTS = V.TRAIN_SUBJECTS[:2]

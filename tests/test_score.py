@@ -7,6 +7,7 @@ import pytest
 import torch
 from clirun import avtalk
 
+from talkinghead_cli.checkpoint import save_checkpoint
 from talkinghead_cli.config import ScoreConfig, TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import open_corpus, write_toy_corpus
@@ -14,7 +15,6 @@ from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.score import TextTally, ver
-from talkinghead_cli.training.checkpoint import save_checkpoint
 from talkinghead_cli.training.trainer import _build_model, _payload
 
 pytest.importorskip("pocketsphinx")

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
     Corpus,
@@ -49,7 +50,6 @@ from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.training.losses import AVLoss, total_loss
 
 LogFn = Callable[[dict[str, Any]], None]

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.checkpoint import read_torch_file
 from talkinghead_cli.config import ExpertTrainConfig
 from talkinghead_cli.data.dataset import Corpus, Utterance, open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
-from talkinghead_cli.training.checkpoint import read_torch_file
 from talkinghead_cli.training.trainer import LogFn, TrainResult
 
 CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not blended frames)
@@ -333,7 +333,7 @@ def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
     if not last.exists():
         raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
                         "drop --resume to start a new run, or pass the run's -o folder")
-    from talkinghead_cli.training.checkpoint import load_checkpoint
+    from talkinghead_cli.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(last, kind="expert")
     saved = ckpt.get("extra", {}).get("train", {})

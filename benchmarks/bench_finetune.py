@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from talkinghead_cli.config import ExpertTrainConfig
-from talkinghead_cli.data.dataset import open_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.lipreader import build_expert, config_for_size
 from talkinghead_cli.lipreader.losses import expert_loss
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer

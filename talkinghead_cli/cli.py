@@ -118,13 +118,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     sys.exit(0)
 
 
-def existing_path(path: Path, what: str) -> Path:
-    """Raise a UserError if ``path`` does not exist."""
-    if not path.exists():
-        raise UserError(f"{what} not found", path, "check the path")
-    return path
-
-
 # --- render (owner: preview video) ---
 
 

@@ -19,10 +19,10 @@ from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import (
     SequenceDataset,
-    open_corpus,
     read_transcripts,
     write_toy_corpus,
 )
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert

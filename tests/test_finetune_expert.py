@@ -10,7 +10,8 @@ import torch
 from talkinghead_cli.checkpoint import save_checkpoint
 from talkinghead_cli.cli import main
 from talkinghead_cli.config import ExpertTrainConfig
-from talkinghead_cli.data.dataset import open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import write_toy_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.data.vocaset import TRAIN_SUBJECTS, VAL_SUBJECTS
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, config_for_size

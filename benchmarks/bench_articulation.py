@@ -306,12 +306,17 @@ def print_table(title: str, systems: dict, verbose: bool) -> None:
                       f"CER {_f(u.get('cer'), '.2f')} '{u.get('hyp', '')}'")
 
 
-def run_set(label: str, recdir: Path, key: str, models: list[str], args, rig, reader) -> dict:
-    """Reference, loudness baseline and every animator on one folder of WAV + TXT pairs."""
+def model_fps(models: list[str]) -> float:
     from talkinghead_cli.pretrained import resolve
 
-    fps = float(torch.load(resolve(models[0], "animator"), weights_only=True)["fps"]) if models else 30.0
-    ref = load_reference(reference_corpus(recdir, key, fps, args.cache, args.reference_dir if label == "real" else None))
+    rates = {float(torch.load(resolve(m, "animator"), weights_only=True)["fps"]) for m in models}
+    if len(rates) > 1:
+        raise SystemExit(f"the animators run at different frame rates {sorted(rates)}: benchmark them separately")
+    return rates.pop() if rates else 30.0
+
+
+def run_set(label: str, recdir: Path, ref: dict, models: list[str], args, rig, reader) -> dict:
+    """Reference, loudness baseline and every animator on one folder of WAV + TXT pairs."""
     systems, walls = {}, {}
     t0 = time.perf_counter()
     systems["reference"] = score_system(reference_system(ref), ref, rig, reader)
@@ -327,8 +332,9 @@ def run_set(label: str, recdir: Path, key: str, models: list[str], args, rig, re
     return {"recordings": sorted(ref["utts"]), "seconds": secs, "fps": ref["fps"], "systems": systems}
 
 
-def tts_folder(cache: Path) -> tuple[Path, str]:
-    """The TTS sentences spoken by each voice of TTS_VOICES as WAV + TXT pairs (cached)."""
+def tts_folder(cache: Path) -> Path:
+    """TTS_SENTENCES spoken by each voice of TTS_VOICES: NAME.wav + NAME.txt + NAME.json (the
+    TTS's own phoneme segments), cached."""
     from talkinghead_cli.data.synthetic.tts import Voice, synthesize
 
     code = (REPO / "talkinghead_cli" / "data" / "synthetic" / "tts.py").read_bytes()
@@ -341,10 +347,27 @@ def tts_folder(cache: Path) -> tuple[Path, str]:
             backend, _, name = v.partition(":")
             for i, text in enumerate(TTS_SENTENCES, start=1):
                 stem = f"{backend}-{re.sub(r'[^A-Za-z0-9]+', '', name)}-{i}"
-                save_wav(tmp / f"{stem}.wav", synthesize(text, Voice(backend, name)).wave, SAMPLE_RATE)
+                speech = synthesize(text, Voice(backend, name))
+                save_wav(tmp / f"{stem}.wav", speech.wave, SAMPLE_RATE)
                 (tmp / f"{stem}.txt").write_text(text + "\n")
+                (tmp / f"{stem}.json").write_text(json.dumps([list(s) for s in speech.segments]))
         tmp.rename(folder)
-    return folder, key
+    return folder
+
+
+def tts_reference(folder: Path, fps: float, rig) -> dict:
+    """The reference of the TTS sentences from the TTS's exact phoneme timing (no aligner), with
+    the corpus's articulation on the rig's template, no blinks (what ``avtalk synth`` writes)."""
+    from talkinghead_cli.data.synthetic.articulation import Style, articulate
+
+    utts = {}
+    for wav in sorted(folder.glob("*.wav")):
+        segs = [tuple(s) for s in json.loads(wav.with_suffix(".json").read_text())]
+        frames = int(round(len(load_audio(wav, SAMPLE_RATE)) / SAMPLE_RATE * fps))
+        w = articulate(segs, frames, fps, rig.names, Style(blink_rate=0.0), seed=0)
+        utts[wav.stem] = {"verts": rig.pose(w, rig.template), "weights": w, "segments": segs,
+                          "text": wav.with_suffix(".txt").read_text().strip(), "template": rig.template}
+    return {"fps": fps, "utts": utts, "faces": rig.faces, "lip": rig.lip_indices}
 
 
 def main() -> None:
@@ -377,10 +400,13 @@ def main() -> None:
     sources = sorted({r["source"] for r in recs})
     print(f"recordings: {len(recs)} from {', '.join(sources)}; models: {', '.join(models)}; "
           f"expert: {'-' if reader is None else reader.expert.path.name}")
-    report = {"real": run_set("real", recdir, key, models, args, rig, reader)}
+    fps = model_fps(models)
+    ref = load_reference(reference_corpus(recdir, key, fps, args.cache, args.reference_dir))
+    report = {"real": run_set("real", recdir, ref, models, args, rig, reader)}
     if args.tts:
-        tdir, tkey = tts_folder(args.cache)
-        report["tts"] = run_set("tts (training voices " + ", ".join(TTS_VOICES) + ")", tdir, tkey, models, args, rig, reader)
+        tdir = tts_folder(args.cache)
+        report["tts"] = run_set("tts (training voices " + ", ".join(TTS_VOICES) + "; reference from the TTS's "
+                                "own phoneme timing)", tdir, tts_reference(tdir, fps, rig), models, args, rig, reader)
     print(f"\ntotal wall {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")

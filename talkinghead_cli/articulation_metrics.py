@@ -130,21 +130,18 @@ def uniform_laplacian_reference(x: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 def roughness(verts: np.ndarray, template: np.ndarray, faces: np.ndarray,
               vertices: np.ndarray | None = None) -> float:
-    """Mean over frames and ``vertices`` (default all) of ||Laplacian(verts - template)||.
+    """Mean over frames and ``vertices`` of ||Laplacian(verts - template)||.
 
     Args:
-        verts: (T, V, 3); template: (V, 3); faces: (F, 3) (only faces whose three vertices
-            are all in ``vertices`` are used, so other parts (eyes, teeth) do not count as
-            neighbours).
+        verts: (T, V, 3); template: (V, 3); faces: (F, 3) (the Laplacian's neighbourhoods);
+        vertices: the vertices averaged over (default: every vertex of a face). Separate
+            meshes (the rig's eyes, teeth) share no face with the head, so passing the head's
+            vertices measures the head alone.
     Returns:
         in the units of ``verts``.
     """
     off = np.asarray(verts, np.float64) - np.asarray(template, np.float64)[None]
     faces = np.asarray(faces, np.int64)
-    if vertices is not None:
-        keep = np.zeros(off.shape[1], bool)
-        keep[vertices] = True
-        faces = faces[keep[faces].all(axis=1)]
     lap = uniform_laplacian(off, faces)
     used = np.unique(faces) if vertices is None else np.intersect1d(np.unique(faces), vertices)
     return float(np.linalg.norm(lap[:, used], axis=-1).mean())

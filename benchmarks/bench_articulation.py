@@ -39,8 +39,17 @@ headerless), and ``sounds/alsa/{Front,Rear,Side}_*.wav`` ("front left", ...). Le
 ``numbers.raw`` and ``something.raw`` (no transcript ships with them), ``tidigits/*.raw``
 (digits only, no /p b m/), ``Noise.wav``.
 
-``--tts`` adds the in-domain figure: a few sentences full of bilabials spoken by the project's
-own TTS voices (training voices), aligned and scored the same way.
+``--tts`` adds the in-domain figure: a few sentences full of bilabials spoken by three of the
+project's own TTS voices (training voices); their reference uses the TTS's own phoneme timing
+(exact; pocketsphinx fails to align two of the espeak en-us+m2 sentences) with the same
+articulation, and they are scored the same way.
+
+Other real recordings with transcripts were looked for: the SpeechRecognition sdist (3.17.0)
+ships no audio any more, the pocketsphinx wheel none; pocketsphinx-testdata's ``numbers.raw``
+and ``something.raw`` come with no transcript. Everything is cached under ``--cache`` (staged
+16 kHz copies, the reference corpus, the TTS audio), so a second run only animates and scores.
+Typical wall time on 2 CPU cores: ~1.5 min for the real set with CER, ~2 min with ``--tts``;
+``--no-cer`` saves most of it.
 
     python benchmarks/bench_articulation.py ROOT... [-c CKPT ...] [--models NAME ...]
         [--cache DIR] [--reference-dir DIR] [--expert NAME] [--no-cer] [--tts] [--verbose]
@@ -307,6 +316,7 @@ def print_table(title: str, systems: dict, verbose: bool) -> None:
 
 
 def model_fps(models: list[str]) -> float:
+    """The animators' common frame rate (the reference is built at it)."""
     from talkinghead_cli.pretrained import resolve
 
     rates = {float(torch.load(resolve(m, "animator"), weights_only=True)["fps"]) for m in models}

@@ -135,13 +135,6 @@ def _internal_error(e: BaseException, verbose: bool) -> None:
     sys.exit(1)
 
 
-def existing_path(path: Path, what: str) -> Path:
-    """Raise a UserError if ``path`` does not exist."""
-    if not path.exists():
-        raise UserError(f"{what} not found", path, "check the path")
-    return path
-
-
 # --- render (owner: preview video) ---
 
 
@@ -385,7 +378,7 @@ def finetune_expert_cmd(
 ) -> None:
     """Train the lip-reading expert on lip windows rendered from ground-truth meshes (stage 1)."""
     from talkinghead_cli.config import ExpertTrainConfig, build_config, read_config_file
-    from talkinghead_cli.lipreader.train import finetune_expert
+    from talkinghead_cli.training.expert_trainer import finetune_expert
 
     if cache is not None and no_cache:
         raise UserError("--cache and --no-cache exclude each other", cache, "pass one of them")

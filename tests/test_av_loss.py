@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import (
     SequenceDataset,
-    open_corpus,
     read_transcripts,
     write_toy_corpus,
 )
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
-from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.losses import AVLoss, av_loss, total_loss
 from talkinghead_cli.training.trainer import (
     _build_model,

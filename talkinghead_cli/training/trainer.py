@@ -28,7 +28,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +37,21 @@ import torch
 import torch.distributed as dist
 
 from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
     Corpus,
     SequenceDataset,
-    open_corpus,
-    read_transcripts,
+    require_transcripts,
 )
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.training.losses import AVLoss, opening_indices, total_loss
-
-LogFn = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    epochs_done: int
-    best_epoch: int | None
-    best: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
+from talkinghead_cli.training.run import LogFn, TrainResult
 
 class _TrainStep(torch.nn.Module):
     """Routes ``training_loss`` (and the AV loss) through ``forward`` so DDP's gradient
@@ -421,43 +410,40 @@ _AV_KEYS = ("av_loss", "expert", "lambda_mse", "lambda_av", "av_ctc_weight", "av
 
 @dataclass
 class _AV:
-    """What the AV loss needs at each step: the loss module (expert inside), the tokenizer,
-    token ids and transcripts per utterance id, and the expert's audio rate and path."""
+    """What the AV loss needs at each step: the loaded expert, the loss module built from it,
+    token ids and transcripts per utterance id, and the corpus's audio rate."""
 
+    expert: Expert
     module: AVLoss
-    tokenizer: Any
     tokens: dict[str, list[int]]
     texts: dict[str, str]
-    sample_rate: int
     corpus_rate: int
-    path: Path
 
     def inputs(self, item: dict, device) -> dict:
         """Keyword arguments of ``_TrainStep.forward`` for one dataset item."""
         audio = None
         if self.module.mode == "av":
             wave = item["audio"].numpy()
-            if self.corpus_rate != self.sample_rate:
+            if self.corpus_rate != self.expert.sample_rate:
                 from talkinghead_cli.audio import resample
 
-                wave = resample(wave, self.corpus_rate, self.sample_rate)
+                wave = resample(wave, self.corpus_rate, self.expert.sample_rate)
             audio = torch.as_tensor(wave, dtype=torch.float32)[None].to(device)
         return {"tokens": self.tokens[item["id"]], "expert_audio": audio}
 
     def read_lips(self, pred: torch.Tensor, verts: torch.Tensor) -> str:
         """Greedy-CTC visual-only transcript of pred (1, T, V, 3), windows from verts (1, T', V, 3)."""
-        from talkinghead_cli.lipreader.decode import recognize
         from talkinghead_cli.lipreader.views import lip_video
 
         t = min(pred.shape[1], verts.shape[1])
         m = self.module
         video = lip_video(pred[:, :t].float(), m.faces, m.lip, m.fps, window_from=verts[:, :t].float(),
                           **m.render)
-        return recognize(m.expert, self.tokenizer, video=video, mode="video", method="ctc")[0]
+        return self.expert.read(video)
 
     def record(self, cfg: TrainConfig) -> dict:
         """What a run checkpoint keeps about the expert (its weights too when trained jointly)."""
-        out = {"expert": str(self.path), "vocabulary": list(self.tokenizer.vocabulary),
+        out = {"expert": str(self.expert.path), "vocabulary": list(self.expert.tokenizer.vocabulary),
                "lambda_mse": cfg.lambda_mse, "lambda_av": cfg.lambda_av, "lambda_rlv": cfg.lip_weight,
                "lambda_ctc": cfg.av_ctc_weight, "lambda_ce": 1.0 - cfg.av_ctc_weight,
                "label_smoothing": cfg.av_label_smoothing, "reduction": cfg.av_reduction,
@@ -491,16 +477,14 @@ def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | No
     """Load and check the expert and the transcripts for ``--av-loss`` (None without it)."""
     if not cfg.av_loss:
         return None
-    from talkinghead_cli.lipreader.checkpoint import load_expert
+    from talkinghead_cli.lipreader.expert import open_expert
 
     saved = (resumed or {}).get("extra", {}).get("av")
     if not Path(cfg.expert).is_file():
         raise UserError("the expert checkpoint was not found", cfg.expert,
                         "pass --expert RUN_DIR/best.pt from avtalk finetune-expert")
-    expert, tokenizer, ckpt = load_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None)
-    trained_on = (ckpt.get("extra") or {}).get("render") or {}  # finetune-expert's lip-window settings
-    render = {k: trained_on[k] for k in ("size", "margin", "sigma", "video_fps") if k in trained_on}
-    mods = expert.config.modalities
+    reader = open_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None, reads_lips=False)
+    expert, tokenizer, mods = reader.model, reader.tokenizer, reader.modalities
     if mods == "audio" or (cfg.av_mode == "av" and mods != "av"):
         raise UserError(f"the expert reads {mods!r}, --av-mode {cfg.av_mode} needs "
                         f"{'lips' if mods == 'audio' else 'lips and speech'}", cfg.expert,
@@ -508,22 +492,17 @@ def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | No
     if corpus.faces is None or corpus.lip_indices is None:
         raise UserError("--av-loss renders the lips: the dataset needs mesh faces and regions/lve.txt",
                         cfg.data_root, "pass --faces-from MESH and add regions/lve.txt")
-    texts = read_transcripts(corpus)
     needed = [u.id for u in corpus.utterances if u.split in ("train", "val")]
-    missing = [uid for uid in needed if uid not in texts]
-    if missing:
-        raise UserError(f"--av-loss needs a transcript per utterance; {len(missing)} have none "
-                        f"(e.g. {missing[0]})", Path(corpus.root) / "sentencestext",
-                        "add sentencestext/<subject>.txt (line n = sentence n)")
+    texts = require_transcripts(corpus, needed, "--av-loss needs a transcript per utterance")
     tokens = _tokenize_all(tokenizer, texts, needed, log)
     if saved and "expert_state_dict" in saved:
         expert.load_state_dict(saved["expert_state_dict"])
     module = AVLoss(expert, torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices), corpus.fps,
                     frozen=cfg.expert_mode == "frozen", mode=cfg.av_mode, ctc_weight=cfg.av_ctc_weight,
-                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction, render=render).to(device)
+                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction,
+                    render=reader.render).to(device)
     log({"event": "expert", "path": str(cfg.expert), "mode": cfg.expert_mode, "modalities": mods})
-    return _AV(module, tokenizer, tokens, texts, int(expert.config.sample_rate), int(acfg.sample_rate),
-               Path(cfg.expert))
+    return _AV(reader, module, tokens, texts, int(acfg.sample_rate))
 
 
 def _optimizer(cfg: TrainConfig, model, av: _AV | None) -> torch.optim.Optimizer:

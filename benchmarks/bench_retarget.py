@@ -41,7 +41,7 @@ def _templates(folder: Path, levels: list[str]) -> dict[str, Path]:
     import trimesh
 
     from talkinghead_cli.pretrained import resolve
-    from talkinghead_cli.training.checkpoint import load_checkpoint
+    from talkinghead_cli.checkpoint import load_checkpoint
 
     ck = load_checkpoint(resolve(None, "animator"), kind="animator")
     v0, f0 = ck["template"].numpy().astype(np.float64), ck["faces"].numpy()

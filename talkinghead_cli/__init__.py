@@ -7,8 +7,8 @@ Shape glossary used in every docstring of the package:
 Layers, bottom up; a module imports only from its own layer or below (kept by
 ``tests/test_layers.py``, which also forbids import cycles):
 
-    1. errors, progress, atomic, device, jit          the foundation
-    2. audio, mesh, checkpoint, metrics, text_metrics, style, pretrained
+    1. errors, progress, atomic, device, jit, paths, diskspace   the foundation
+    2. audio, mesh, surface, checkpoint, metrics, text_metrics, style, pretrained
     3. render/, data/, phonemize, articulation_metrics  rendering, corpora
     4. export, retarget, video                        outputs
     5. animator/, lipreader/                          the models

@@ -25,6 +25,7 @@ from talkinghead_cli.errors import UserError
 LARGE = 1 << 30  # announce outputs from 1 GiB
 MIN_MARGIN = 8 << 20  # keep at least 8 MiB free, and 2 % of the estimate
 VIDEO_BYTES_PER_FRAME = 12_000  # H.264 preview at 512 px, measured 3-8 kB per frame
+GLTF_TARGETS = 32  # at most export.MAX_TARGETS morph targets (a test keeps them equal)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 FIX = "free some space, write elsewhere with -o, or use --format npy or gltf (far smaller than per-frame OBJ/PLY)"
 
@@ -88,9 +89,7 @@ def sequence_bytes(fmt: str, frames: int, template: np.ndarray, faces: np.ndarra
     if fmt == "npz":
         return raw + f * 8 * 3 + 1024
     if fmt == "gltf":
-        from talkinghead_cli.export import MAX_TARGETS
-
-        return (MAX_TARGETS + 1) * v * 12 + f * 12 + frames * (MAX_TARGETS + 1) * 4 + 4096
+        return (GLTF_TARGETS + 1) * v * 12 + f * 12 + frames * (GLTF_TARGETS + 1) * 4 + 4096
     if fmt == "arkit":
         return frames * 52 * 24 + 8192
     return 0  # npy: vertices.npy, counted by the caller

@@ -24,7 +24,10 @@ def _files(folder: Path) -> list[Path]:
 
 
 def test_human_sizes():
+    from talkinghead_cli.export import MAX_TARGETS
+
     assert human(512) == "512 B" and human(3_200_000) == "3.2 MB" and human(33e9) == "33.0 GB"
+    assert diskspace.GLTF_TARGETS == MAX_TARGETS
 
 
 def test_estimate_matches_what_animate_writes(tmp_path):

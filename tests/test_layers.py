@@ -19,8 +19,8 @@ import talkinghead_cli
 PACKAGE = Path(talkinghead_cli.__file__).parent
 
 LAYERS = [
-    {"", "errors", "progress", "atomic", "device", "jit"},  # "" is the package's own __init__
-    {"audio", "mesh", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
+    {"", "errors", "progress", "atomic", "device", "jit", "paths", "diskspace"},  # "" is the package's own __init__
+    {"audio", "mesh", "surface", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
     {"render", "data", "phonemize", "articulation_metrics"},
     {"export", "retarget", "video", "video_jit"},
     {"animator", "lipreader"},

@@ -147,12 +147,12 @@ def test_truncated_wav_is_animated_with_a_warning(tmp_path, capsys):
 
 def test_transcripts_and_config_that_are_not_utf8(tmp_path):
     from talkinghead_cli.config import read_config_file
-    from talkinghead_cli.score import corpus_transcripts
+    from talkinghead_cli.data.dataset import read_transcripts
 
     bad = tmp_path / "transcripts.json"
     bad.write_bytes('{"a_1": "caf\u00e9"}'.encode("latin-1"))
     with pytest.raises(UserError, match=r"not UTF-8 text \(byte 0xe9") as e:
-        corpus_transcripts(None, bad)
+        read_transcripts(None, bad)
     assert str(bad) in str(e.value)
     cfg = tmp_path / "train.json"
     cfg.write_bytes('{"seed": 1, "x": "\u00e9"}'.encode("latin-1"))

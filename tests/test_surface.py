@@ -68,7 +68,7 @@ def test_normals_moments_and_proxy():
 def _face_subdivided(times: int):
     from talkinghead_cli.mesh import Mesh
     from talkinghead_cli.pretrained import resolve
-    from talkinghead_cli.training.checkpoint import load_checkpoint
+    from talkinghead_cli.checkpoint import load_checkpoint
 
     ck = load_checkpoint(resolve(None, "animator"), kind="animator")
     source = Mesh(ck["template"].numpy().astype(np.float32), ck["faces"].numpy().astype(np.int64))

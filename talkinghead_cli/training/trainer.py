@@ -317,6 +317,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         scaler.load_state_dict(resumed["extra"]["scaler"])
         start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
                                 dict(resumed["extra"]["best"]))
+    _attach_feature_cache(model, corpus, progress if d.main else None, log if d.main else (lambda e: None))
     ddp = d.world > 1
     step_module = _TrainStep(model, None if av is None else av.module)
     if ddp:
@@ -386,6 +387,16 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
         raise UserError("the --init-from weights do not fit this model (another size or topology)",
                         cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e
     log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
+
+
+def _attach_feature_cache(model, corpus: Corpus, progress, log: LogFn) -> None:
+    """Encoders with frozen pretrained features (whisper-tiny-ct2) read them from the corpus's
+    feature cache; the missing ones are computed first (``progress`` counts utterances)."""
+    from talkinghead_cli.data.features import attach_features
+
+    utts = [u for u in corpus.utterances if u.split in ("train", "val")]
+    attach_features(model, corpus.root, utts, progress, on_start=lambda todo, cached: log(
+        {"event": "features", "encoder": model.cfg.encoder, "compute": todo, "cached": cached}))
 
 
 def _clean_run_dir(run_dir: Path) -> None:

@@ -139,19 +139,38 @@ def _ct2_model(folder: Path, threads: int):
 # ----------------------------------------------------------------------------- log-mel
 
 
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    mel = 3.0 * f / 200.0
+    log = f >= 1000.0
+    return np.where(log, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), 200.0 * m / 3.0)
+
+
 _filters: Tensor | None = None
 
 
 def mel_filters() -> Tensor:
-    """Whisper's 80 slaney-normalised mel filters, (80, N_FFT // 2 + 1) float32."""
+    """Whisper's 80 slaney-normalised mel filters, (80, N_FFT // 2 + 1) float32.
+
+    The same numbers as ``librosa.filters.mel(sr=16000, n_fft=400, n_mels=80)`` (what Whisper
+    ships in mel_filters.npz) and ``transformers.audio_utils.mel_filter_bank(..., norm="slaney",
+    mel_scale="slaney")`` (tested), without importing either.
+    """
     global _filters
     if _filters is None:
-        from transformers.audio_utils import mel_filter_bank
-
-        fb = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=N_MELS, min_frequency=0.0,
-                             max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney",
-                             mel_scale="slaney")
-        _filters = torch.from_numpy(np.asarray(fb, dtype=np.float32).T.copy())
+        freqs = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+        edges = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(SAMPLE_RATE / 2), N_MELS + 2))
+        lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+        rising = (freqs[None] - lower) / (centre - lower)
+        falling = (upper - freqs[None]) / (upper - centre)
+        fb = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+        _filters = torch.from_numpy(fb.astype(np.float32))
     return _filters
 
 

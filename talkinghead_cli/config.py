@@ -20,6 +20,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class AugmentConfig(_Strict):
+    """Audio augmentation of training sequences (``data.augment``): each effect's probability."""
+
+    speed: float = Field(0.5, ge=0, le=1)   # tempo and pitch x0.9-1.1, vertices resampled in time
+    pitch: float = Field(0.3, ge=0, le=1)   # +-3 semitones, same tempo
+    reverb: float = Field(0.3, ge=0, le=1)  # synthetic room, RT60 0.15-0.9 s
+    band: float = Field(0.2, ge=0, le=1)    # telephone band or a 3-7 kHz low-pass
+    noise: float = Field(0.4, ge=0, le=1)   # white/pink/brown noise, SNR 5-30 dB
+    level: float = Field(0.5, ge=0, le=1)   # gain -20..+6 dB, clipped
+
+
 class TrainConfig(_Strict):
     """Everything ``avtalk train`` needs; stored in every checkpoint it writes."""
 
@@ -64,6 +75,11 @@ class TrainConfig(_Strict):
     expert_mode: Literal["frozen", "joint"] = "frozen"
     expert_lr: Optional[float] = Field(None, gt=0)  # joint mode; default lr / 10
     av_mode: Literal["video", "av"] = "video"  # the expert reads lips only, or lips and speech
+    # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
+    lambda_gap: float = Field(0.0, ge=0)
+    lambda_vel: float = Field(0.0, ge=0)
+    # audio augmentation of the training split (data.augment): effect probabilities, or None
+    augment: Optional[AugmentConfig] = None
 
     @model_validator(mode="after")
     def _default_run_dir(self) -> "TrainConfig":
@@ -75,7 +91,8 @@ class TrainConfig(_Strict):
     def _check_av(self) -> "TrainConfig":
         if self.av_loss and self.expert is None:
             raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
-        if not self.av_loss and self.lambda_mse == 0 and self.lip_weight == 0:
+        if not self.av_loss and self.lambda_mse == 0 and self.lip_weight == 0 and self.lambda_gap == 0 \
+                and self.lambda_vel == 0:
             raise ValueError("all loss weights are 0: nothing to train (add --av-loss or a weight)")
         return self
 

@@ -50,7 +50,7 @@ from talkinghead_cli.export import rig_payload
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
-from talkinghead_cli.training.losses import AVLoss, total_loss
+from talkinghead_cli.training.losses import AVLoss, opening_indices, total_loss
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -209,6 +209,9 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
     losses = []
     opt.zero_grad(set_to_none=True)
     per_epoch = -(-len(order) // cfg.batch_size)  # optimizer steps per epoch
+    opening = None
+    if lip is not None and cfg.lambda_gap > 0:
+        opening = opening_indices(torch.as_tensor(data.corpus.templates[data.corpus.train_subjects[0]]), lip)
     for group in opt.param_groups:
         group.setdefault("base_lr", group["lr"])
     for i, idx in enumerate(order):
@@ -223,7 +226,8 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
             with autocast():
                 model_loss, _, pred, av_out = step_module(audio, template, style, verts, **av_in)
                 loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight, mse_weight=cfg.lambda_mse,
-                                        av=av_out, av_weight=cfg.lambda_av)
+                                        av=av_out, av_weight=cfg.lambda_av, opening=opening,
+                                        gap_weight=cfg.lambda_gap, vel_weight=cfg.lambda_vel)
             scaler.scale(loss / group_size).backward()
         if last_in_group:
             factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
@@ -298,6 +302,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
         keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
+                "augment", "lambda_gap", "lambda_vel",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
         cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
@@ -325,6 +330,10 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         step_module = torch.nn.parallel.DistributedDataParallel(step_module, device_ids=ids,
                                                                 find_unused_parameters=True)
     train_ds = SequenceDataset(corpus, corpus.split("train"), acfg.sample_rate)
+    if cfg.augment is not None:
+        from talkinghead_cli.data.augment import AugmentedDataset
+
+        train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
@@ -335,6 +344,8 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
              "val": len(val_ds), "device": str(device), "world": d.world, "resumed": resumed is not None})
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)
         done = epoch * per_epoch
         counter = {"i": 0}
 

@@ -334,6 +334,9 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         from talkinghead_cli.data.augment import AugmentedDataset
 
         train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
+        if getattr(model.audio_encoder, "feature_store", None) is not None and d.main:
+            log({"event": "warning", "message": f"--augment with {acfg.encoder}: augmented audio is not in the "
+                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))

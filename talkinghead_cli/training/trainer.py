@@ -298,6 +298,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         scaler.load_state_dict(resumed["extra"]["scaler"])
         start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
                                 dict(resumed["extra"]["best"]))
+    _attach_feature_cache(model, corpus, progress if d.main else None, log if d.main else (lambda e: None))
     ddp = d.world > 1
     step_module = _TrainStep(model, None if av is None else av.module)
     if ddp:
@@ -309,6 +310,9 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         from talkinghead_cli.data.augment import AugmentedDataset
 
         train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
+        if getattr(model.audio_encoder, "feature_store", None) is not None and d.main:
+            log({"event": "warning", "message": f"--augment with {acfg.encoder}: augmented audio is not in the "
+                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
@@ -373,6 +377,16 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
         raise UserError("the --init-from weights do not fit this model (another size or topology)",
                         cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e
     log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
+
+
+def _attach_feature_cache(model, corpus: Corpus, progress, log: LogFn) -> None:
+    """Encoders with frozen pretrained features (whisper-tiny-ct2) read them from the corpus's
+    feature cache; the missing ones are computed first (``progress`` counts utterances)."""
+    from talkinghead_cli.training.features import attach_features
+
+    utts = [u for u in corpus.utterances if u.split in ("train", "val")]
+    attach_features(model, corpus.root, utts, progress, on_start=lambda todo, cached: log(
+        {"event": "features", "encoder": model.cfg.encoder, "compute": todo, "cached": cached}))
 
 
 def _clean_run_dir(run_dir: Path) -> None:

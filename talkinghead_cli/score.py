@@ -368,6 +368,7 @@ def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[lis
     from talkinghead_cli.animate import load_animator
     from talkinghead_cli.data.dataset import SequenceDataset
     from talkinghead_cli.pretrained import resolve
+    from talkinghead_cli.training.evaluate import evaluate
 
     faces_np, lip_np, upper_np = _dataset_face(corpus, cfg.checkpoints)
     faces = torch.as_tensor(faces_np, dtype=torch.long, device=device)
@@ -385,23 +386,22 @@ def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[lis
                                 f"the corpus has {corpus.num_verts}", ckpt, "score it on its own dataset")
             subjects, sr = list(ck["subjects"]), int(model.sample_rate)
         data = SequenceDataset(corpus, utts, sr)
-        tally, acc, hyps[name] = TextTally(), MetricAccumulator(torch.as_tensor(lip_np), upper), {}
-        for i in range(len(data)):
-            item = data[i]
-            verts = item["verts"]
-            if model is not None:
-                with torch.no_grad():
-                    pred = model.predict(item["audio"][None].to(device), item["template"][None].to(device),
-                                         subject_style(item["subject"], subjects)[None].to(device),
-                                         num_frames=verts.shape[0])[0].float()
-                acc.add(pred.cpu(), verts, item["template"])
-                verts = pred
-            hyp = expert.read(lip_clip(verts.to(device), faces, lip, corpus.fps, **expert.render))
-            tally.add(hyp, texts[item["id"]])
-            hyps[name][item["id"]] = hyp
+
+        def read(pred, verts, item):
+            return expert.read(lip_clip(pred[0].float(), faces, lip, corpus.fps, **expert.render))
+
+        def tick():
+            nonlocal done
             done += 1
             report(progress, done, total)
-        m = acc.result()
+
+        ev = evaluate(model, data, device, style=lambda item: subject_style(item["subject"], subjects),
+                      read=read, tick=tick, lip=torch.as_tensor(lip_np), upper=upper)
+        hyps[name] = ev.hypotheses
+        tally = TextTally()
+        for uid, hyp in ev.hypotheses.items():
+            tally.add(hyp, texts[uid])
+        m = ev.metrics
         rows.append(ModelRow(name, m.get("lve"), m.get("fdd"), m.get("mve"), utterances=len(data),
                              **tally.figures()))
     return rows, hyps

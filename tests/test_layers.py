@@ -22,7 +22,7 @@ LAYERS = [
     {"", "errors", "progress", "atomic", "device", "jit", "paths", "diskspace"},  # "" is the package's own __init__
     {"audio", "mesh", "surface", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
     {"render", "data", "phonemize", "articulation_metrics"},
-    {"export", "retarget", "video", "video_jit"},
+    {"export", "retarget", "video"},
     {"animator", "lipreader"},
     {"config"},
     {"training"},

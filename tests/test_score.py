@@ -7,7 +7,6 @@ import pytest
 import torch
 from clirun import avtalk
 
-from talkinghead_cli.checkpoint import save_checkpoint
 from talkinghead_cli.config import ScoreConfig, TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
@@ -16,7 +15,7 @@ from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.score import TextTally, ver
-from talkinghead_cli.training.trainer import _build_model, _payload
+from talkinghead_cli.training.trainer import build_model, save_animator
 
 pytest.importorskip("pocketsphinx")
 
@@ -32,8 +31,8 @@ def world(tmp_path_factory):
     expert = save_expert(root / "expert.pt", build_expert(tiny_config(modalities="av")), CharTokenizer())
     corpus = open_corpus("vocaset", data)
     cfg = TrainConfig(dataset="vocaset", data_root=data, run_dir=root / "run", epochs=1)
-    model, acfg = _build_model(cfg, corpus, None)
-    animator = save_checkpoint(root / "animator.pt", _payload(model, acfg, cfg, corpus, {}))
+    model, acfg = build_model(cfg, corpus)
+    animator = save_animator(root / "animator.pt", model, acfg, cfg, corpus)
     texts = {f"{TEST}_sentence21": "a cat", f"{TEST}_sentence22": "the map"}
     (root / "texts.json").write_text(json.dumps(texts))
     gt = np.load(data / "vertices_npy" / f"{TEST}_sentence21.npy").reshape(-1, 162, 3)[::2]

@@ -37,7 +37,7 @@ from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
-from talkinghead_cli.training.run import LogFn, TrainResult
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
 
 CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not blended frames)
 
@@ -294,17 +294,9 @@ def _train_epoch(model, opt, samples, cache, cfg, device, mods, epoch, steps_per
 
 def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
     last = Path(cfg.run_dir) / "last.pt"
-    if not cfg.resume:
-        if last.exists():
-            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
-                            "pass --resume to continue it, or -o a new folder")
+    ckpt = RunFolder(Path(cfg.run_dir)).resume(cfg.resume, "expert")
+    if ckpt is None:
         return None
-    if not last.exists():
-        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
-                        "drop --resume to start a new run, or pass the run's -o folder")
-    from talkinghead_cli.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(last, kind="expert")
     saved = ckpt.get("extra", {}).get("train", {})
     if str(saved.get("dataset")) != cfg.dataset:
         raise UserError(f"the run was trained on {saved.get('dataset')}, not {cfg.dataset}", last,
@@ -319,12 +311,7 @@ def _save(cfg, model, tok, corpus, settings, opt, epoch, history, best, improved
              "best": best, "train": cfg.model_dump(mode="json") | {"size": size, "modalities": mods},
              "render": settings, "lip_indices": torch.as_tensor(np.asarray(corpus.lip_indices)),
              "data_fps": float(corpus.fps), "dataset": corpus.name}
-    run_dir = Path(cfg.run_dir)
-    if improved:
-        save_expert(run_dir / "best.pt", model, tok, extra)
-    save_expert(run_dir / "last.pt", model, tok, extra)
-    with atomic_file(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+    RunFolder(Path(cfg.run_dir)).save(lambda path: save_expert(path, model, tok, extra), history, best, improved)
 
 
 def _validate(model, tok, val, cache, device, mods) -> dict[str, float]:

@@ -24,7 +24,6 @@ reports the expert's visual-only CER/WER (greedy CTC) on the predicted meshes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Callable
@@ -36,7 +35,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
@@ -48,10 +46,11 @@ from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
-from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.training.evaluate import evaluate
 from talkinghead_cli.training.losses import AVLoss, opening_indices, total_loss
-from talkinghead_cli.training.run import LogFn, TrainResult
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
+
 
 class _TrainStep(torch.nn.Module):
     """Routes ``training_loss`` (and the AV loss) through ``forward`` so DDP's gradient
@@ -104,7 +103,9 @@ def _shard(n: int, epoch: int, seed: int, d: _Dist) -> list[int]:
     return order[d.rank:: d.world]
 
 
-def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
+def build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None = None):
+    """The animator ``cfg`` describes for ``corpus`` (random weights) -> (model, AnimatorConfig);
+    ``saved``: the animator config of a checkpoint being resumed."""
     from talkinghead_cli.animator import AnimatorConfig, build_animator
 
     if saved is not None:
@@ -116,7 +117,9 @@ def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
     return build_animator(acfg), acfg
 
 
-def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict:
+def animator_payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict | None = None) -> dict:
+    """The one-file animator checkpoint of ``model`` trained on ``corpus`` (``state``: the run's
+    optimizer, epoch and history, kept under ``extra``)."""
     as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a))
     return {
         "kind": "animator",
@@ -132,8 +135,14 @@ def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict
         "rig": rig_payload(corpus),  # ARKit basis of a synthetic corpus, for `animate --format arkit`
         "upper_indices": as_t(corpus.upper_indices),
         "vocabulary": None,
-        "extra": state,
+        "extra": state or {},
     }
+
+
+def save_animator(path: str | Path, model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict | None = None) -> Path:
+    """Write ``model`` as an animator checkpoint that ``avtalk animate`` and ``score`` load
+    (atomically; see :func:`animator_payload`)."""
+    return save_checkpoint(path, animator_payload(model, acfg, cfg, corpus, state))
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
@@ -150,10 +159,10 @@ def _batch(item: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(item[k][None].to(device) for k in ("audio", "template", "style", "verts"))
 
 
-@torch.no_grad()
 def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2,
              av: _AV | None = None) -> dict[str, float]:
-    """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does.
+    """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does
+    (:func:`~talkinghead_cli.training.evaluate.evaluate`, the loop ``score --dataset`` uses).
 
     CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions. With ``av``
     also ``av_cer`` / ``av_wer``: the expert reading the predicted lips visual-only (greedy
@@ -161,24 +170,13 @@ def validate(model, dataset: SequenceDataset, device: torch.device, stage: int =
     """
     from talkinghead_cli.text_metrics import ErrorRate
 
-    rates = ErrorRate()
-    model.eval()
-    corpus = dataset.corpus
-    lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
-    upper = None if corpus.upper_indices is None else torch.as_tensor(corpus.upper_indices)
-    acc = MetricAccumulator(lip, upper)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        audio, template, style, verts = _batch(item, device)
-        if stage == 1:
-            _, _, pred = model.training_loss(audio, template, style, verts)
-        else:
-            pred = model.predict(audio, template, style, num_frames=verts.shape[1])
-        acc.add(pred[0].float().cpu(), item["verts"], item["template"])
-        if av is not None:
-            rates.add(av.read_lips(pred, verts), av.texts[item["id"]])
+    read = None if av is None else (lambda pred, verts, item: av.read_lips(pred, verts))
+    ev = evaluate(model, dataset, device, stage=stage, read=read)
     model.train()
-    result = acc.result()
+    result = dict(ev.metrics)
+    rates = ErrorRate()
+    for uid, hyp in ev.hypotheses.items():
+        rates.add(hyp, av.texts[uid])
     if av is not None and rates.count:
         result.update(av_cer=rates.cer, av_wer=rates.wer)
     return result
@@ -237,16 +235,10 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
 
 
 def _load_resume(cfg: TrainConfig) -> dict | None:
-    if not cfg.resume:
-        if (Path(cfg.run_dir) / "last.pt").exists():
-            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
-                            "pass --resume to continue it, or -o a new folder")
+    ckpt = RunFolder(Path(cfg.run_dir)).resume(cfg.resume, "animator")
+    if ckpt is None:
         return None
     last = Path(cfg.run_dir) / "last.pt"
-    if not last.exists():
-        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
-                        "drop --resume to start a new run, or pass the run's -o folder")
-    ckpt = load_checkpoint(last, kind="animator")
     saved = ckpt["config"]["train"]
     for key in ("dataset", "animator", "size", "stage"):
         if str(saved[key]) != str(getattr(cfg, key)):
@@ -261,13 +253,8 @@ def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, be
              "history": history, "best": best}
     if av is not None:
         state["av"] = av.record(cfg)
-    payload = _payload(model, acfg, cfg, corpus, state)
-    run_dir = Path(cfg.run_dir)
-    if improved:
-        save_checkpoint(run_dir / "best.pt", payload)
-    save_checkpoint(run_dir / "last.pt", payload)
-    with atomic_file(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+    payload = animator_payload(model, acfg, cfg, corpus, state)
+    RunFolder(Path(cfg.run_dir)).save(lambda path: save_checkpoint(path, payload), history, best, improved)
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | None = None) -> TrainResult:
@@ -296,12 +283,12 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
     torch.manual_seed(cfg.seed)
-    model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
+    model, acfg = build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
     _check_corpus_matches(acfg, corpus, cfg)
     model.to(device)
     if resumed is None:
         _init_weights(model, acfg, cfg, log if d.main else (lambda e: None))
-    av = _setup_av(cfg, corpus, acfg, device, resumed, log if d.main else (lambda e: None))
+    av = setup_av_loss(cfg, corpus, acfg, device, resumed, log if d.main else (lambda e: None))
     opt = _optimizer(cfg, model, av)
     autocast, scaler = _autocast(device, cfg)
     start, history, best = 0, [], {}
@@ -311,6 +298,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         scaler.load_state_dict(resumed["extra"]["scaler"])
         start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
                                 dict(resumed["extra"]["best"]))
+    _attach_feature_cache(model, corpus, progress if d.main else None, log if d.main else (lambda e: None))
     ddp = d.world > 1
     step_module = _TrainStep(model, None if av is None else av.module)
     if ddp:
@@ -322,6 +310,9 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         from talkinghead_cli.data.augment import AugmentedDataset
 
         train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
+        if getattr(model.audio_encoder, "feature_store", None) is not None and d.main:
+            log({"event": "warning", "message": f"--augment with {acfg.encoder}: augmented audio is not in the "
+                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
@@ -386,6 +377,16 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
         raise UserError("the --init-from weights do not fit this model (another size or topology)",
                         cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e
     log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
+
+
+def _attach_feature_cache(model, corpus: Corpus, progress, log: LogFn) -> None:
+    """Encoders with frozen pretrained features (whisper-tiny-ct2) read them from the corpus's
+    feature cache; the missing ones are computed first (``progress`` counts utterances)."""
+    from talkinghead_cli.training.features import attach_features
+
+    utts = [u for u in corpus.utterances if u.split in ("train", "val")]
+    attach_features(model, corpus.root, utts, progress, on_start=lambda todo, cached: log(
+        {"event": "features", "encoder": model.cfg.encoder, "compute": todo, "cached": cached}))
 
 
 def _clean_run_dir(run_dir: Path) -> None:
@@ -473,7 +474,8 @@ def _tokenize_all(tokenizer, texts: dict[str, str], ids: list[str], log: LogFn) 
     return tokens
 
 
-def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | None, log: LogFn) -> _AV | None:
+def setup_av_loss(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | None = None,
+                  log: LogFn = lambda e: None) -> _AV | None:
     """Load and check the expert and the transcripts for ``--av-loss`` (None without it)."""
     if not cfg.av_loss:
         return None

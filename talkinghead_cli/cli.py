@@ -217,33 +217,89 @@ def train_cmd(
     out.print(f"{result.run_dir} (last.pt, best.pt{best})", highlight=False, soft_wrap=True)
 
 
+def _emit_json(data: dict, path: Optional[Path]) -> None:
+    """``--json``: ``-`` prints the JSON on stdout (nothing else goes there), a path is written
+    atomically."""
+    import json
+
+    text = json.dumps(data, indent=1)
+    if path is not None and str(path) == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    elif path is not None:
+        from talkinghead_cli.atomic import atomic_file
+
+        with atomic_file(path) as tmp:
+            tmp.write_text(text + "\n")
+
+
+def _files_line(files: list[str], folder: Path) -> str:
+    parts = []
+    for f in files:
+        if f.endswith("/"):
+            n = sum(1 for p in (folder / f).iterdir() if p.is_file()) if (folder / f).is_dir() else 0
+            parts.append(f"{f} ({n} files)")
+        else:
+            parts.append(f)
+    return ", ".join(parts)
+
+
 @app.command("animate")
 def animate_cmd(
-    audio: Path = typer.Argument(..., help="Speech file (WAV/FLAC/OGG) or a folder of them."),
+    audio: list[Path] = typer.Argument(..., help="Speech files, folders of them, or quoted globs ('x/*.flac'). "
+                                       "Accepted: WAV, FLAC, OGG, MP3, M4A/AAC, Opus, WebM, and the audio of "
+                                       "MP4/MOV/MKV (anything the bundled ffmpeg decodes; a folder or glob takes "
+                                       "these suffixes and names the files it skips)."),
     template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh of any topology (another one is retargeted) [default: the model's training template]."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="Retargeting: 'USER_VERTEX TEMPLATE_VERTEX' pairs (text or JSON, >= 4) when automatic alignment fails."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder; may exist (`.` too): only avtalk's own outputs in it are replaced, each atomically; one speech file is written into it, several into OUT/<stem>/ (OUT/<stem>-2/ for a repeated stem)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train) or a registered model name [default: the bundled default]."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
     fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), arkit (52 blendshape curves)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write a JSON summary (inputs, outputs, files written, timings, status per input) to this file, or `-` for stdout (the human summary then goes to stderr)."),
 ) -> None:
-    """Animate a face mesh from speech: vertices.npy, meshes, preview.mp4, animation.json."""
-    from talkinghead_cli.animate import animate
+    """Animate a face mesh from speech: vertices.npy, meshes, preview.mp4, animation.json.
+
+    A bad input in a batch is reported in one line and skipped; the others are written, and
+    the exit code is 2 at the end if any input failed.
+    """
+    import time
+
+    from talkinghead_cli.animate import animate, speech_inputs, summary
     from talkinghead_cli.config import AnimateConfig, build_config
 
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
                                                style=style, format=fmt, video=not no_video, device=device,
                                                allow_long=allow_long, landmarks=landmarks), command="animate")
+    human = console if json_path is not None and str(json_path) == "-" else out
+    _, _, skipped = speech_inputs(list(cfg.audio))
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not speech by their suffix: {names}", stacklevel=1)
+
+    def log(r) -> None:
+        if r.ok:
+            human.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s): "
+                        f"{_files_line(r.files, r.out_dir)}", highlight=False, soft_wrap=True)
+            for line in r.notes:
+                human.print(f"  {line}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[red]error:[/red] {r.error}", highlight=False, soft_wrap=True)
+
+    start = time.perf_counter()
     with progress_bar("animating", unit="frames") as progress:
-        results = animate(cfg, progress=progress)
-    for r in results:
-        out.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s)",
-                  highlight=False, soft_wrap=True)
-        for line in r.notes:
-            out.print(f"  {line}", highlight=False, soft_wrap=True)
+        results = animate(cfg, progress=progress, log=log)
+    _emit_json(summary(results, cfg, time.perf_counter() - start), json_path)
+    failed = [r for r in results if not r.ok]
+    if len(results) > 1 or failed:
+        console.print(f"{len(results) - len(failed)} of {len(results)} inputs animated"
+                      + (f", {len(failed)} failed: " + ", ".join(str(r.audio) for r in failed) if failed else ""),
+                      highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
 
 
 # --- synth (owner: synthetic corpus) ---

@@ -91,8 +91,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
+    code = 0
     try:
-        app(args=args, prog_name="avtalk", standalone_mode=False)
+        rc = app(args=args, prog_name="avtalk", standalone_mode=False)
+        code = rc if isinstance(rc, int) else 0  # a command's typer.Exit(n) comes back as n
     except UserError as e:
         if verbose:
             console.print_exception()
@@ -115,7 +117,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
                       "(run with --verbose for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code)
 
 
 def existing_path(path: Path, what: str) -> Path:
@@ -345,9 +347,10 @@ def score_cmd(
     path: Optional[Path] = typer.Argument(None, help="An `avtalk animate` folder, or a .npy/.npz vertex file."),
     transcript: Optional[str] = typer.Option(None, "--transcript", help="What is said (normalised as the expert's tokenizer does)."),
     audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="The speech: also read audio-visually."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth (T, V, 3) .npy/.npz: adds LVE/FDD/MVE."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth (T, V, 3) .npy/.npz: adds LVE/FDD/MVE (at another frame rate it is resampled to the animation's)."),
+    reference_fps: Optional[float] = typer.Option(None, "--reference-fps", help="Frame rate of the reference [default: stored in its .npz, else guessed from its length, e.g. 60 for raw VOCASET]."),
     expert: Optional[str] = typer.Option(None, "--expert", help="Lip-reading expert checkpoint (avtalk finetune-expert) or registered name."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file, or `-`: the JSON on stdout (the table then goes to stderr)."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Joint CTC/attention beam width [default: greedy CTC]."),
     template: Optional[Path] = typer.Option(None, "--template", "-t", help="Mesh with faces for a bare vertex file."),
     lip_indices: Optional[Path] = typer.Option(None, "--lip-indices", help="Lip vertex indices file (e.g. regions/lve.txt)."),
@@ -366,9 +369,10 @@ def score_cmd(
     from talkinghead_cli.score import AnimationScore, score
 
     cfg = build_config(ScoreConfig, {}, dict(
-        path=path, transcript=transcript, audio=audio, reference=reference, expert=expert, json_path=json_path,
+        path=path, transcript=transcript, audio=audio, reference=reference, reference_fps=reference_fps, expert=expert, json_path=json_path,
         beam=beam, template=template, lip_indices=lip_indices, checkpoints=checkpoint or None, fps=fps,
         dataset=dataset, data_root=data_root, split=split, transcripts=transcripts, device=device), command="score")
+    human = console if json_path is not None and str(json_path) == "-" else out
     with progress_bar("scoring", unit="steps" if path is not None else "utterances") as progress:
         result = score(cfg, progress=progress)
     if isinstance(result, AnimationScore):
@@ -377,10 +381,10 @@ def score_cmd(
             table.add_column(col, justify="left" if col in ("mode", "hypothesis") else "right", overflow="fold")
         for r in result.readings:
             table.add_row(r.mode, r.hypothesis or "∅", _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
-        out.print(table)
-        out.print(f"reference: {result.transcript}", highlight=False, soft_wrap=True)
+        human.print(table)
+        human.print(f"reference: {result.transcript}", highlight=False, soft_wrap=True)
         if result.mesh:
-            out.print("  ".join(f"{k.upper()} {v:.4g}" for k, v in result.mesh.items()), highlight=False)
+            human.print("  ".join(f"{k.upper()} {v:.4g}" for k, v in result.mesh.items()), highlight=False)
     else:
         table = Table(title=f"{result.dataset} {result.split}: {result.utterances} utterances ({result.decoding})")
         for col in ("model", "LVE", "FDD", "MVE", "CER", "WER", "VER"):
@@ -388,11 +392,13 @@ def score_cmd(
         for r in result.rows:
             table.add_row(r.name, _fmt(r.lve, ".4g"), _fmt(r.fdd, ".4g"), _fmt(r.mve, ".4g"),
                           _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
-        out.print(table)
+        human.print(table)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
-    if json_path is not None:
-        out.print(f"{json_path}", highlight=False, soft_wrap=True)
+        human.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if json_path is not None and str(json_path) == "-":
+        _emit_json(result.to_json(), json_path)
+    elif json_path is not None:
+        human.print(f"{json_path}", highlight=False, soft_wrap=True)
 
 
 # --- finetune-expert (owner: expert training) ---

@@ -225,6 +225,7 @@ class ScoreConfig(_Strict):
     transcript: Optional[str] = None
     audio: Optional[Path] = None  # speech: also read audio-visually
     reference: Optional[Path] = None  # ground-truth (T, V, 3) for LVE/FDD/MVE
+    reference_fps: Optional[float] = Field(None, gt=0)  # default: stored in its .npz, else from its length
     expert: Optional[str] = None  # expert checkpoint path or registered name
     template: Optional[Path] = None  # mesh with faces, for a bare vertex file
     lip_indices: Optional[Path] = None

@@ -292,17 +292,18 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
 def _recording_pairs(folder: Path) -> list[tuple[Path, str]]:
     if not folder.is_dir():
         raise UserError("the recordings folder does not exist", folder, "pass a folder of WAV + TXT pairs")
+    wavs = sorted(folder.glob("*.wav"))
+    if not wavs:
+        raise UserError("no .wav files in the recordings folder", folder, "put NAME.wav + NAME.txt pairs there")
     pairs = []
-    for wav in sorted(folder.glob("*.wav")):
+    for wav in wavs:
         txt = wav.with_suffix(".txt")
-        if not txt.exists():
-            raise UserError("recording without a transcript", wav, f"add {txt.name} with the spoken words")
         try:
             pairs.append((wav, txt.read_text(encoding="utf-8").strip()))
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError("cannot read the transcript", txt, "save it as UTF-8 text") from e
-    if not pairs:
-        raise UserError("no .wav files in the recordings folder", folder, "put NAME.wav + NAME.txt pairs there")
+        except FileNotFoundError:
+            warnings.warn(f"skipped {wav}: no transcript (add {txt.name} with the spoken words)", stacklevel=2)
+        except (OSError, UnicodeDecodeError):
+            warnings.warn(f"skipped {wav}: cannot read {txt.name} (save it as UTF-8 text)", stacklevel=2)
     return pairs
 
 
@@ -310,7 +311,12 @@ def label_recordings(cfg: SynthConfig, progress: ProgressFn | None = None) -> di
     """Label a folder of WAV + TXT pairs: forced alignment, articulation, same layout.
 
     One subject (``Recorded_<folder>``) on the rig's own template; every utterance is in
-    the ``train`` split; the source file of each is kept in the manifest.
+    the ``train`` split; the source file of each is kept in the manifest. Each file is
+    aligned on its own (the result does not depend on the other files); a pair that cannot
+    be read or aligned is skipped with a warning.
+
+    Raises:
+        UserError: no pair at all could be labelled (nothing is written then).
     """
     import re
 
@@ -324,10 +330,18 @@ def label_recordings(cfg: SynthConfig, progress: ProgressFn | None = None) -> di
     name = "Recorded_" + (re.sub(r"[^A-Za-z0-9]+", "", folder.resolve().name) or "speaker")
     subj = {"name": name, "index": 0, "voice": Voice("recording", folder.name), "split": "train",
             "style": Style(blink_rate=0.3 if cfg.blinks else 0.0)}
-    speeches = []
-    for wav, text in pairs:  # align everything first: a bad pair fails before any writing
-        wave = load_audio(wav, SAMPLE_RATE)
-        speeches.append(Speech(wave=wave, segments=align(wave, text, wav)))
+    speeches, kept = [], []
+    for wav, text in pairs:  # align everything first: nothing is written unless some pair aligns
+        try:
+            wave = load_audio(wav, SAMPLE_RATE)
+            speeches.append(Speech(wave=wave, segments=align(wave, text, wav)))
+            kept.append((wav, text))
+        except UserError as e:
+            warnings.warn(f"skipped {wav.name}: {e.line()}", stacklevel=2)
+    if not kept:
+        raise UserError("no recording could be labelled (see the warnings above)", folder,
+                        "give NAME.wav + NAME.txt pairs whose text is exactly what is spoken")
+    pairs = kept
     work = _prepare_work(cfg, {"from_recordings": str(folder.resolve()), "fps": cfg.fps, "seed": cfg.seed,
                                "rig": str(cfg.rig) if cfg.rig else None, "blinks": cfg.blinks})
     entries = []

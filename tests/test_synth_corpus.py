@@ -256,3 +256,19 @@ def test_piper_only_corpus_warns_that_test_b_voices_are_seen(tmp_path):
     with pytest.warns(UserWarning, match="reuse train voices"):
         subjects = plan_subjects(SynthConfig(out=tmp_path / "x", subjects=6, tts=["piper"]))
     assert [s["split"] for s in subjects].count("test_b") == 1
+
+
+def test_rebuilding_a_corpus_in_place_keeps_user_files(tmp_path, monkeypatch):
+    cfg = dict(subjects=1, sentences=1, tts=["espeak"])
+    build_corpus(SynthConfig(out=tmp_path / "c", **cfg))
+    (tmp_path / "c" / "mine.txt").write_text("keep me")
+    before = _hashes(tmp_path / "c")
+    monkeypatch.chdir(tmp_path / "c")
+    build_corpus(SynthConfig(out=".", **cfg))  # `-o .` inside the corpus
+    assert (tmp_path / "c" / "mine.txt").read_text() == "keep me"
+    assert _hashes(tmp_path / "c") == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("not a corpus")
+    with pytest.raises(UserError, match="not an avtalk corpus"):
+        build_corpus(SynthConfig(out=tmp_path / "d", **cfg))

@@ -23,7 +23,6 @@ keeps the utterances a previous interrupted run finished there.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import warnings
@@ -34,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from talkinghead_cli import __version__
-from talkinghead_cli.atomic import _check_parent, atomic_file
+from talkinghead_cli.atomic import _check_parent, _replace_entry, atomic_file
 from talkinghead_cli.audio import SAMPLE_RATE, save_wav
 from talkinghead_cli.data.synthetic.articulation import Style, articulate
 from talkinghead_cli.data.synthetic.rig import Rig, load_rig
@@ -192,11 +191,12 @@ def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, s
 
 
 def _prepare_work(cfg: SynthConfig, settings: dict) -> Path:
-    out = Path(cfg.out)
+    out = Path(cfg.out).absolute()  # `.` too: the work folder is named after the real folder
     parent = _check_parent(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
-        raise UserError("the output path exists and is not an avtalk corpus", out,
-                        "choose a new or empty folder (an existing corpus is replaced)")
+        raise UserError("the output path exists and is not an avtalk corpus", cfg.out,
+                        "choose a new or empty folder (in an existing corpus only the corpus's own files "
+                        "are replaced)")
     work = parent / f".{out.name}.synth-partial"
     saved = work / "settings.json"
     if work.exists() and cfg.resume:
@@ -232,14 +232,10 @@ def _finish(work: Path, out: Path, rig: Rig, templates: dict, texts: dict, entri
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(work / "parts")
     (work / "settings.json").unlink()
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.synth-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(work.iterdir()):  # the corpus's own names only: other files in OUT stay
+        _replace_entry(entry, out / entry.name)
+    work.rmdir()
 
 
 def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:

@@ -134,7 +134,7 @@ def existing_path(path: Path, what: str) -> Path:
 def render_cmd(
     sequence: Path = typer.Argument(..., help="Mesh sequence: .npy/.npz of (T, V, 3) or a folder of OBJ/PLY frames."),
     template: Path = typer.Option(..., "--template", "-t", help="Template mesh (OBJ/PLY/GLB) giving the faces."),
-    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech to mux in (WAV/FLAC/OGG)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech to mux in (any audio avtalk animate accepts: WAV, FLAC, OGG, MP3, M4A/AAC, Opus, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The MP4 to write."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate (default: the fps stored in the NPZ, else 30)."),
     size: int = typer.Option(512, "--size", help="Frame width and height in pixels (even)."),

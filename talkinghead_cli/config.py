@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from talkinghead_cli.data.augment import AugmentConfig
 from talkinghead_cli.errors import UserError
 
 
@@ -64,6 +65,11 @@ class TrainConfig(_Strict):
     expert_mode: Literal["frozen", "joint"] = "frozen"
     expert_lr: Optional[float] = Field(None, gt=0)  # joint mode; default lr / 10
     av_mode: Literal["video", "av"] = "video"  # the expert reads lips only, or lips and speech
+    # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
+    lambda_gap: float = Field(0.0, ge=0)
+    lambda_vel: float = Field(0.0, ge=0)
+    # audio augmentation of the training split (data.augment): effect probabilities, or None
+    augment: Optional[AugmentConfig] = None
 
     @model_validator(mode="after")
     def _default_run_dir(self) -> "TrainConfig":
@@ -75,8 +81,9 @@ class TrainConfig(_Strict):
     def _check_av(self) -> "TrainConfig":
         if self.av_loss and self.expert is None:
             raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
-        if self.lambda_mse == 0 and self.lip_weight == 0 and (not self.av_loss or self.lambda_av == 0):
-            raise ValueError("all loss weights are 0 (--lambda-mse, --lambda-rlv"
+        if (self.lambda_mse == 0 and self.lip_weight == 0 and self.lambda_gap == 0 and self.lambda_vel == 0
+                and (not self.av_loss or self.lambda_av == 0)):
+            raise ValueError("all loss weights are 0 (--lambda-mse, --lambda-rlv, --lambda-gap, --lambda-vel"
                              + (", --lambda-av" if self.av_loss else ", and no --av-loss")
                              + "): nothing to train; give one of them a positive weight")
         return self

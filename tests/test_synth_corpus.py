@@ -272,3 +272,28 @@ def test_rebuilding_a_corpus_in_place_keeps_user_files(tmp_path, monkeypatch):
     (tmp_path / "d" / "notes.txt").write_text("not a corpus")
     with pytest.raises(UserError, match="not an avtalk corpus"):
         build_corpus(SynthConfig(out=tmp_path / "d", **cfg))
+
+
+def test_corpus_meets_the_per_phoneme_targets(corpus):
+    """The build's own table (articulation.json) misses no target, and matches the vertex files."""
+    from talkinghead_cli.data.synthetic import phoneme_check as pc
+
+    out, m = corpus
+    saved = json.loads((out / "articulation.json").read_text())
+    assert saved["missed_targets"] == []
+    assert saved["table"]["bilabial P B M"]["count"] >= 5
+    rig = load_rig()
+    rows = pc.corpus_measures(out, rig)
+    (upper, lower), loop = lip_midline(rig), pc.mouth_loop(rig)
+    with open(out / "templates.pkl", "rb") as f:
+        templates = pickle.load(f)
+    from_files = []
+    for u in m["utterances"]:  # the same figures from the full vertex files
+        verts = np.load(out / "vertices_npy" / f"{u['id']}.npy").reshape(u["num_frames"], -1, 3)
+        jaw = np.load(out / "blendshapes_npy" / f"{u['id']}.npy")[:, rig.index("jawOpen")]
+        from_files += pc.segment_measures([tuple(s) for s in u["phonemes"]], verts, templates[u["subject"]], FPS,
+                                          (upper, lower), loop, jaw)
+    assert len(rows) == len(from_files)
+    for a, b in zip(rows, from_files):
+        for k in ("gap", "rounding", "jaw"):
+            assert abs(a[k] - b[k]) < 1e-3, (k, a, b)

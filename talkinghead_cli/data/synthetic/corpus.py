@@ -230,12 +230,25 @@ def _finish(work: Path, out: Path, rig: Rig, templates: dict, texts: dict, entri
     manifest = {"format": FORMAT, "generator": f"avtalk {__version__}", **manifest_extra,
                 "rig": rig.info(), "utterances": entries}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _check_articulation(work, rig)
     shutil.rmtree(work / "parts")
     (work / "settings.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
     for entry in sorted(work.iterdir()):  # the corpus's own names only: other files in OUT stay
         _replace_entry(entry, out / entry.name)
     work.rmdir()
+
+
+def _check_articulation(work: Path, rig: Rig) -> None:
+    """Write the per-phoneme articulation table (``articulation.json``); warn about missed targets."""
+    from talkinghead_cli.data.synthetic import phoneme_check
+
+    targets = phoneme_check.load_targets()
+    table = phoneme_check.phoneme_table(phoneme_check.corpus_measures(work, rig), targets)
+    misses = phoneme_check.check(table, targets)
+    (work / "articulation.json").write_text(json.dumps({"table": table, "missed_targets": misses}, indent=1) + "\n")
+    for line in misses:
+        warnings.warn(f"articulation target missed: {line}", stacklevel=2)
 
 
 def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:

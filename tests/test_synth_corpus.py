@@ -258,6 +258,7 @@ def test_piper_only_corpus_warns_that_test_b_voices_are_seen(tmp_path):
     assert [s["split"] for s in subjects].count("test_b") == 1
 
 
+@pytest.mark.filterwarnings("ignore:articulation target missed")
 def test_rebuilding_a_corpus_in_place_keeps_user_files(tmp_path, monkeypatch):
     cfg = dict(subjects=1, sentences=1, tts=["espeak"])
     build_corpus(SynthConfig(out=tmp_path / "c", **cfg))

@@ -11,7 +11,9 @@ vertex sequence and writes, atomically, into ``cfg.out``::
     preview.mp4      the sequence rendered with the speech (unless --no-video)
     animation.json   fps, sample rate, model, template, duration, frames, style
 
-A folder of WAVs gives one such set per file under ``out/<stem>/``.
+One speech file gives one such set in ``out/``; several files, folders or globs give one
+set per file under ``out/<stem>/`` (``out/<stem>-2/``... when two inputs share a stem).
+Only these names are replaced in an output folder; anything else there is left alone.
 
 Long audio is animated in windows of ``window_seconds`` that overlap by
 ``overlap_seconds``, linearly cross-faded in vertex space; window sizes in frames come
@@ -25,16 +27,18 @@ Shapes: S samples, T frames, V vertices, F faces.
 
 from __future__ import annotations
 
+import glob
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from talkinghead_cli.atomic import atomic_dir
-from talkinghead_cli.audio import load_audio
+from talkinghead_cli.atomic import atomic_outputs
+from talkinghead_cli.audio import ACCEPTED, AUDIO_SUFFIXES, is_audio_file, load_audio
 from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
@@ -49,7 +53,7 @@ from talkinghead_cli.style import parse_style
 if TYPE_CHECKING:
     from talkinghead_cli.retarget import Retargeting
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+__all__ = ["AUDIO_SUFFIXES", "AnimationResult", "animate", "speech_inputs"]
 
 
 @dataclass
@@ -58,10 +62,22 @@ class AnimationResult:
 
     audio: Path
     out_dir: Path  # final location
-    frames: int
-    duration: float
-    fps: float
+    frames: int = 0
+    duration: float = 0.0
+    fps: float = 0.0
     notes: list[str] = field(default_factory=list)  # retargeting and export figures, one line each
+    files: list[str] = field(default_factory=list)  # written into out_dir ("meshes/" for a folder)
+    seconds: float = 0.0  # wall time of this input
+    error: str | None = None  # one line when this input failed (nothing written for it)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        return {"input": str(self.audio), "status": "ok" if self.ok else "failed", "error": self.error,
+                "output": str(self.out_dir), "files": self.files, "frames": self.frames, "fps": self.fps,
+                "duration": self.duration, "seconds": round(self.seconds, 3)}
 
 
 # ----------------------------------------------------------------------------- model and inputs
@@ -169,15 +185,64 @@ def predict_windowed(model, audio: np.ndarray, template: torch.Tensor, style: to
 # ----------------------------------------------------------------------------- one file
 
 
-def _speech_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise UserError("speech file or folder not found", path, "check the path")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise UserError("the folder holds no WAV/FLAC/OGG files", path, "point to speech files")
-    return files
+def speech_inputs(inputs: list[Path]) -> tuple[list[Path], list[AnimationResult], list[Path]]:
+    """Expand the speech arguments: files, folders (their audio files, sorted) and globs.
+
+    Returns:
+        (speech files in order without repeats, a failed result per argument that names
+        nothing usable, files of a folder or glob skipped for their suffix).
+    """
+    files, failed, skipped = [], [], []
+    for arg in inputs:
+        text = str(arg)
+        if not arg.exists() and glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            picked = [m for m in matches if m.is_file() and is_audio_file(m)]
+            skipped += [m for m in matches if m.is_file() and not is_audio_file(m)]
+            if not picked:
+                failed.append(AnimationResult(arg, Path(), error=f"no speech file matches '{text}'"))
+            files += picked
+        elif not arg.exists():
+            failed.append(AnimationResult(arg, Path(), error=f"speech file or folder not found, {arg}, check the path"))
+        elif arg.is_dir():
+            entries = sorted(p for p in arg.iterdir() if p.is_file() and not p.name.startswith("."))
+            picked = [p for p in entries if is_audio_file(p)]
+            skipped += [p for p in entries if not is_audio_file(p)]
+            if not picked:
+                failed.append(AnimationResult(arg, Path(), error=f"the folder holds no speech files, {arg}, "
+                                                             f"give {ACCEPTED}"))
+            files += picked
+        else:
+            files.append(arg)  # a file named explicitly is tried whatever its suffix
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, failed, skipped
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """One sub-folder name per speech file: its stem, and ``stem-2``, ``stem-3``... (in input
+    order) for later files whose stem is taken, so no two inputs share a folder."""
+    taken, names = set(), []
+    for f in files:
+        name, k = f.stem or "speech", 2
+        while name in taken:
+            name, k = f"{f.stem}-{k}", k + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _previous_outputs(folder: Path) -> list[str]:
+    """Top-level names an earlier ``avtalk animate`` wrote into ``folder`` (its animation.json)."""
+    try:
+        meta = json.loads((folder / "animation.json").read_text())
+        return sorted({str(f).split("/")[0] for f in meta.get("files", [])} | {"animation.json"})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
@@ -226,10 +291,11 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
             "model": {"checkpoint": str(cfg.checkpoint), **_model_card(ckpt)},
             "template": str(cfg.template) if cfg.template else "checkpoint training template",
             "num_verts": mesh.num_verts, "style": dict(zip(ckpt["subjects"], style.tolist())),
-            "format": cfg.format, "window_frames": window, "overlap_frames": overlap, "files": files}
+            "format": cfg.format, "window_frames": window, "overlap_frames": overlap,
+            "files": files + ["animation.json"]}
     meta.update(retarget=None if rt is None else rt.info(), exports=exported)
     (dest / "animation.json").write_text(json.dumps(meta, indent=1))
-    return AnimationResult(wav, final, num_frames, duration, fps, _notes(meta))
+    return AnimationResult(wav, final, num_frames, duration, fps, _notes(meta), files=meta["files"])
 
 
 def _notes(meta: dict) -> list[str]:
@@ -298,21 +364,35 @@ def check_output_room(cfg: AnimateConfig, files: list[Path], model, ckpt: dict, 
 
 
 def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
+            log: Callable[[AnimationResult], None] | None = None,
             align_progress: ProgressFn | None = None) -> list[AnimationResult]:
-    """Animate one speech file, or each speech file of a folder, into ``cfg.out``.
+    """Animate each speech input into ``cfg.out``.
+
+    One speech file given alone is written into ``cfg.out`` itself; several inputs, a
+    folder or a glob give ``cfg.out/<stem>/`` each (``<stem>-2``... for repeated stems).
+    Each input's outputs are committed on their own (:func:`atomic_outputs`): files of other
+    names in the output folder are never touched, and a bad input is reported and skipped
+    without losing the others. The output's size is estimated first and a filesystem without
+    the room is refused before any work.
 
     Args:
         progress: called with (frames predicted, total frames) per file.
+        log: called with each input's result as soon as it is done (or failed).
         align_progress: called with (percent, 100) while a template of another topology is aligned.
     Returns:
-        one :class:`AnimationResult` per speech file.
+        one :class:`AnimationResult` per input, failed ones with ``error`` set.
     Raises:
-        UserError: bad checkpoint, a template that is not a face-like triangle mesh, bad
-            landmarks, a model without a rig for ``arkit``, unknown style, bad audio, not
-            enough free space for the estimated output.
+        UserError: nothing to animate, bad checkpoint, a template that is not a face-like
+            triangle mesh, bad landmarks, a model without a rig for ``arkit``, unknown style,
+            not enough free space for the estimated output (a bad audio input of a batch is
+            reported in its result instead).
         OSError: ENOSPC when the disk fills up anyway (the temporary folder is removed).
     """
-    files = _speech_files(cfg.audio)
+    files, failed, _ = speech_inputs(list(cfg.audio))
+    if not files:
+        raise UserError(failed[0].error if len(failed) == 1 else "no speech file among the inputs", None,
+                        None if len(failed) == 1 else f"give {ACCEPTED}")
+    single = len(cfg.audio) == 1 and Path(cfg.audio[0]).is_file()
     cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
@@ -321,10 +401,31 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
     rt, ckpt = _retargeting(cfg, ckpt, mesh, align_progress)
     rig = checkpoint_rig(ckpt, cfg.checkpoint) if "arkit" in cfg.formats else None
     style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
-    results = []
-    with atomic_dir(cfg.out) as tmp:
-        for wav in files:
-            sub = "" if cfg.audio.is_file() else wav.stem
-            results.append(_animate_one(cfg, model, ckpt, mesh, style, wav, tmp / sub,
-                                        Path(cfg.out) / sub, progress, rt, rig))
+    results = list(failed)
+    for r in failed:
+        if log is not None:
+            log(r)
+    names = [""] if single else output_names(files)
+    for wav, name in zip(files, names):
+        final = Path(cfg.out) / name
+        start = time.perf_counter()
+        try:
+            with atomic_outputs(final, stale=_previous_outputs(final)) as tmp:
+                r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig)
+        except UserError as e:
+            if single:
+                raise
+            r = AnimationResult(wav, final, error=e.line())
+        r.seconds = time.perf_counter() - start
+        results.append(r)
+        if log is not None:
+            log(r)
     return results
+
+
+def summary(results: list[AnimationResult], cfg: AnimateConfig, seconds: float) -> dict:
+    """The machine-readable summary of a run (``avtalk animate --json``)."""
+    return {"inputs": [str(p) for p in cfg.audio], "output": str(cfg.out),
+            "checkpoint": str(cfg.checkpoint), "formats": cfg.formats, "seconds": round(seconds, 3),
+            "succeeded": sum(r.ok for r in results), "failed": sum(not r.ok for r in results),
+            "results": [r.to_json() for r in results]}

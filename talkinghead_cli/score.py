@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.atomic import _check_parent, atomic_file
 from talkinghead_cli.config import ScoreConfig
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader.expert import Expert, open_expert
@@ -226,15 +226,42 @@ def load_animation(cfg: ScoreConfig) -> tuple[np.ndarray, Face, list[str]]:
     return verts, face, notes
 
 
+COMMON_RATES = (24.0, 25.0, 30.0, 48.0, 50.0, 60.0, 100.0, 120.0)
+
+
+def reference_rate(ref_frames: int, pred_frames: int, fps: float) -> float | None:
+    """The frame rate of a reference that stores none, guessed from its length: None when it
+    fits the animation's ``fps`` (within 3 % or 2 frames), else the common rate it fits."""
+    def fits(rate: float) -> bool:
+        return abs(ref_frames - pred_frames * rate / fps) <= max(2.0, 0.03 * ref_frames)
+
+    if fits(fps):
+        return None
+    return next((r for r in COMMON_RATES if fits(r)), None)
+
+
 def _mesh_metrics(cfg: ScoreConfig, verts: np.ndarray, face: Face, notes: list[str]) -> dict:
-    """LVE/FDD/MVE against ``cfg.reference`` (prediction truncated to its length)."""
+    """LVE/FDD/MVE against ``cfg.reference``: a reference at another frame rate (stored in its
+    .npz, given as ``--reference-fps``, or guessed from its length) is first resampled to the
+    animation's rate (linear interpolation); then the longer one is truncated."""
+    from talkinghead_cli.lipreader.model import resample_frames
     from talkinghead_cli.mesh import load_sequence
 
-    gt, _ = load_sequence(cfg.reference, num_verts=verts.shape[1])
+    gt, gt_fps = load_sequence(cfg.reference, num_verts=verts.shape[1])
+    gt_fps, how = (cfg.reference_fps, "given") if cfg.reference_fps else (gt_fps, "stored")
+    if gt_fps is None:
+        gt_fps, how = reference_rate(len(gt), len(verts), face.fps), "guessed from its length; pass --reference-fps"
+    if gt_fps is not None and abs(gt_fps - face.fps) > 1e-6:
+        before = len(gt)
+        gt = resample_frames(torch.from_numpy(np.ascontiguousarray(gt))[None], gt_fps, face.fps)[0].numpy()
+        notes.append(f"the reference ({before} frames at {gt_fps:g} fps, {how}) was resampled to the "
+                     f"animation's {face.fps:g} fps: {len(gt)} frames")
     if len(gt) != len(verts):
-        cut = "prediction truncated" if len(verts) > len(gt) else "reference truncated to the prediction"
-        notes.append(f"the animation has {len(verts)} frames, the reference {len(gt)}: "
-                     f"{cut} to {min(len(gt), len(verts))} frames")
+        which = "the animation" if len(verts) > len(gt) else "the reference"
+        notes.append(f"the animation has {len(verts)} frames, the reference {len(gt)}: {which} truncated to "
+                     f"{min(len(gt), len(verts))} frames")
+    n = min(len(gt), len(verts))
+    verts, gt = verts[:n], gt[:n]
     if face.upper is None:
         notes.append("no upper-face indices: FDD over all vertices")
     lip = torch.as_tensor(face.lip)
@@ -440,10 +467,13 @@ def score_dataset(cfg: ScoreConfig, progress: ProgressFn | None = None) -> Datas
 
 def score(cfg: ScoreConfig, progress: ProgressFn | None = None) -> AnimationScore | DatasetScore:
     """Score one animation (``cfg.path``) or a dataset split (``cfg.dataset``); write
-    ``cfg.json_path`` (atomically) when given."""
+    ``cfg.json_path`` (atomically) when given (``-`` is left to the caller: stdout)."""
     if (cfg.path is None) == (cfg.dataset is None):
         raise UserError("give either an animation PATH or --dataset, not both or neither", None,
                         "see `avtalk score --help`")
+    to_file = cfg.json_path is not None and str(cfg.json_path) != "-"  # "-": the CLI prints it
+    if to_file:
+        _check_parent(Path(cfg.json_path))  # refuse an unwritable place before the work
     if cfg.dataset is not None:
         extra = [f for f in ("audio", "reference", "template", "lip_indices", "transcript")
                  if getattr(cfg, f) is not None]
@@ -453,7 +483,7 @@ def score(cfg: ScoreConfig, progress: ProgressFn | None = None) -> AnimationScor
         result = score_dataset(cfg, progress)
     else:
         result = score_animation(cfg, progress)
-    if cfg.json_path is not None:
+    if to_file:
         with atomic_file(cfg.json_path) as tmp:
             tmp.write_text(json.dumps(result.to_json(), indent=1))
     return result

@@ -130,6 +130,19 @@ def test_faces_from_a_mesh_file(voca_root, tmp_path):
         open_corpus("vocaset", voca_root, faces_from=tmp_path / "small.obj")
 
 
+@pytest.mark.parametrize("where", ["templates", "."])
+def test_flame_sample_obj_gives_the_faces(voca_root, where):
+    import trimesh
+
+    ply = voca_root / "templates" / "FLAME_sample.ply"
+    mesh = trimesh.load(ply, process=False)
+    os.remove(ply)
+    mesh.export(voca_root / where / "FLAME_sample.obj")  # as VOCASET's download carries it
+    c = open_corpus("vocaset", voca_root)
+    assert c.faces is not None
+    np.testing.assert_array_equal(c.faces, np.asarray(mesh.faces))
+
+
 def test_reads_a_corpus_written_by_avtalk_synth(tmp_path):
     import subprocess
     import sys

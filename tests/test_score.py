@@ -90,6 +90,29 @@ def test_score_a_vertex_file_with_reference_and_audio(world, tmp_path, capsys):
     assert res["mesh"]["lve"] == pytest.approx(1e-4, rel=1e-2)
 
 
+def test_reference_at_60_fps_is_resampled_and_json_goes_to_stdout(world, tmp_path, capsys):
+    raw = np.load(world["data"] / "vertices_npy" / f"{TEST}_sentence21.npy").reshape(-1, 162, 3)  # 60 fps
+    assert len(raw) == 2 * len(world["gt"])
+    pred = world["gt"].copy()
+    pred[:, :, 1] += 0.01
+    np.save(tmp_path / "pred.npy", pred)
+    np.save(tmp_path / "raw.npy", raw)
+    args = ("score", tmp_path / "pred.npy", "--transcript", "a cat", "--expert", world["expert"],
+            "--checkpoint", world["animator"], "--json", "-")
+    assert avtalk("-q", *args, "--reference", tmp_path / "raw.npy") == 0
+    captured = capsys.readouterr()
+    res = json.loads(captured.out)  # stdout holds the JSON and nothing else
+    assert res["mesh"]["mve"] == pytest.approx(0.01, rel=1e-3)  # compared frame for frame at 30 fps
+    note = [n for n in res["notes"] if "resampled" in n]
+    assert note == ["the reference (24 frames at 60 fps, guessed from its length; pass --reference-fps) "
+                    "was resampled to the animation's 30 fps: 12 frames"]
+    assert "resampled" in captured.err and "CER" in captured.err  # the human table went to stderr
+    np.savez(tmp_path / "raw.npz", verts=raw, fps=np.float32(60))  # a stored rate is used as such
+    assert avtalk("-q", *args, "--reference", tmp_path / "raw.npz") == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["mesh"]["mve"] == pytest.approx(0.01, rel=1e-3) and "60 fps, stored" in " ".join(res["notes"])
+
+
 def test_score_an_animate_folder_is_self_contained(world, tmp_path, capsys):
     from talkinghead_cli.animate import animate
     from talkinghead_cli.config import AnimateConfig

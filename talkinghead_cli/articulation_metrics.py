@@ -28,22 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from talkinghead_cli import metrics
+from talkinghead_cli.data.synthetic.phoneme_check import segment_frames
 from talkinghead_cli.data.synthetic.regions import lip_gap as _lip_gap
 
 BILABIALS = ("P", "B", "M")
 OPEN_VOWELS = ("AA", "AE", "AO", "AH")
 CLOSE_VOWELS = ("IY", "IH", "UW")
 CLOSED_BELOW = 0.25
-
-
-def segment_frames(start: float, end: float, fps: float, num_frames: int) -> slice:
-    """Frames whose time f / fps lies in [start, end); the nearest frame for a shorter segment."""
-    f0 = int(np.ceil(start * fps - 1e-9))
-    f1 = int(np.ceil(end * fps - 1e-9))
-    if f1 <= f0:
-        f0 = int(round(0.5 * (start + end) * fps))
-        f1 = f0 + 1
-    return slice(min(max(f0, 0), num_frames - 1), min(max(f1, 1), num_frames))
 
 
 def gap_mm(verts: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> np.ndarray:

@@ -40,12 +40,12 @@ def load_targets(path: str | Path | None = None) -> dict:
     return json.loads(Path(path or TARGETS_FILE).read_text())
 
 
-def _frames(a: float, b: float, fps: float, num_frames: int) -> slice:
-    """Frames whose time f / fps lies in [a, b); the nearest frame for a segment shorter than one."""
-    f0 = int(np.ceil(a * fps - 1e-9))
-    f1 = int(np.ceil(b * fps - 1e-9))
+def segment_frames(start: float, end: float, fps: float, num_frames: int) -> slice:
+    """Frames whose time f / fps lies in [start, end); the nearest frame for a shorter segment."""
+    f0 = int(np.ceil(start * fps - 1e-9))
+    f1 = int(np.ceil(end * fps - 1e-9))
     if f1 <= f0:
-        f0 = int(round(0.5 * (a + b) * fps))
+        f0 = int(round(0.5 * (start + end) * fps))
         f1 = f0 + 1
     return slice(min(max(f0, 0), num_frames - 1), min(max(f1, 1), num_frames))
 
@@ -76,7 +76,7 @@ def segment_measures(segments: list, verts: np.ndarray, template: np.ndarray, fp
     for i, (a, b, ph) in enumerate(segments):
         if ph == "SIL":
             continue
-        fr = _frames(a, b, fps, t)
+        fr = segment_frames(a, b, fps, t)
         wide = slice(max(fr.start - 1, 0), min(fr.stop + 1, t))
         near = [segments[j][2] for j in (i - 1, i + 1) if 0 <= j < len(segments)]
         out.append({

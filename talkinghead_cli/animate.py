@@ -11,40 +11,49 @@ vertex sequence and writes, atomically, into ``cfg.out``::
     preview.mp4      the sequence rendered with the speech (unless --no-video)
     animation.json   fps, sample rate, model, template, duration, frames, style
 
-A folder of WAVs gives one such set per file under ``out/<stem>/``.
+One speech file gives one such set in ``out/``; several files, folders or globs give one
+set per file under ``out/<stem>/`` (``out/<stem>-2/``... when two inputs share a stem).
+Only these names are replaced in an output folder; anything else there is left alone.
 
 Long audio is animated in windows of ``window_seconds`` that overlap by
 ``overlap_seconds``, linearly cross-faded in vertex space; window sizes in frames come
 from the model's own fps and sample rate. Only one window's model state is alive at a
-time and the vertices are written into a memory-mapped ``vertices.npy``, so memory stays
-bounded however long the speech. Shapes: S samples, T frames, V vertices, F faces.
+time and the vertices are written into a memory-mapped ``vertices.npy`` whose size is
+reserved on disk first (a retargeted mesh is written block by block instead), so memory
+stays bounded however long the speech and however large the template. The output's size is
+estimated and checked against the free space before any work.
+Shapes: S samples, T frames, V vertices, F faces.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
-from talkinghead_cli.atomic import atomic_dir
-from talkinghead_cli.audio import load_audio
+from talkinghead_cli.atomic import atomic_outputs
+from talkinghead_cli.audio import ACCEPTED, AUDIO_SUFFIXES, is_audio_file, load_audio
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
+from talkinghead_cli.diskspace import animate_bytes, check_room, reserved_npy, stream_npy
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_for_formats, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.pretrained import resolve
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint
+from talkinghead_cli.style import parse_style
 
 if TYPE_CHECKING:
     from talkinghead_cli.retarget import Retargeting
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+__all__ = ["AUDIO_SUFFIXES", "AnimationResult", "animate", "speech_inputs"]
 
 
 @dataclass
@@ -53,10 +62,22 @@ class AnimationResult:
 
     audio: Path
     out_dir: Path  # final location
-    frames: int
-    duration: float
-    fps: float
+    frames: int = 0
+    duration: float = 0.0
+    fps: float = 0.0
     notes: list[str] = field(default_factory=list)  # retargeting and export figures, one line each
+    files: list[str] = field(default_factory=list)  # written into out_dir ("meshes/" for a folder)
+    seconds: float = 0.0  # wall time of this input
+    error: str | None = None  # one line when this input failed (nothing written for it)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict:
+        return {"input": str(self.audio), "status": "ok" if self.ok else "failed", "error": self.error,
+                "output": str(self.out_dir), "files": self.files, "frames": self.frames, "fps": self.fps,
+                "duration": self.duration, "seconds": round(self.seconds, 3)}
 
 
 # ----------------------------------------------------------------------------- model and inputs
@@ -77,34 +98,6 @@ def load_animator(path: str | Path, device: torch.device):
     return model.to(device).eval(), ckpt
 
 
-def parse_style(spec: str | None, subjects: list[str], checkpoint: Path | None = None) -> torch.Tensor:
-    """Style weights over the training subjects.
-
-    Args:
-        spec: ``SUBJECT``, ``A:0.5,B:0.5`` (weights normalised to sum 1), or None for
-            the mean of all styles.
-    Returns:
-        (N_subj,) float32.
-    """
-    n = len(subjects)
-    if not spec:
-        return torch.full((n,), 1.0 / n)
-    weights = torch.zeros(n)
-    for part in spec.split(","):
-        name, _, w = part.strip().partition(":")
-        if name not in subjects:
-            raise UserError(f"unknown speaking style '{name}'", checkpoint,
-                            f"use one of: {', '.join(subjects)}")
-        try:
-            weights[subjects.index(name)] += float(w) if w else 1.0
-        except ValueError as e:
-            raise UserError(f"style weight '{w}' is not a number", None, "write --style A:0.5,B:0.5") from e
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise UserError("style weights must be non-negative and not all zero", None,
-                        "write --style A:0.5,B:0.5")
-    return weights / weights.sum()
-
-
 def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:
     """The template to animate: ``cfg.template`` (any topology; see :func:`_retargeting`) or
     the checkpoint's training template."""
@@ -117,7 +110,8 @@ def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:
     return load_template(cfg.template, faces=faces)
 
 
-def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargeting | None, dict]:
+def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh,
+                 progress: ProgressFn | None = None) -> tuple[Retargeting | None, dict]:
     """Retargeting of a template of another topology (or with ``--landmarks``), and the
     checkpoint as seen on the user's mesh (lip/upper-face indices mapped onto it)."""
     if cfg.template is None:
@@ -128,7 +122,7 @@ def _retargeting(cfg: AnimateConfig, ckpt: dict, mesh: Mesh) -> tuple[Retargetin
         for_checkpoint,  # scipy: imported only when a template is given
     )
 
-    rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks)
+    rt = for_checkpoint(ckpt, mesh, cfg.template, cfg.landmarks, progress=progress)
     if rt is None:
         return None, ckpt
     mapped = {k: rt.map_indices(None if ckpt.get(k) is None else ckpt[k].numpy())
@@ -191,15 +185,64 @@ def predict_windowed(model, audio: np.ndarray, template: torch.Tensor, style: to
 # ----------------------------------------------------------------------------- one file
 
 
-def _speech_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise UserError("speech file or folder not found", path, "check the path")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise UserError("the folder holds no WAV/FLAC/OGG files", path, "point to speech files")
-    return files
+def speech_inputs(inputs: list[Path]) -> tuple[list[Path], list[AnimationResult], list[Path]]:
+    """Expand the speech arguments: files, folders (their audio files, sorted) and globs.
+
+    Returns:
+        (speech files in order without repeats, a failed result per argument that names
+        nothing usable, files of a folder or glob skipped for their suffix).
+    """
+    files, failed, skipped = [], [], []
+    for arg in inputs:
+        text = str(arg)
+        if not arg.exists() and glob.has_magic(text):
+            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+            picked = [m for m in matches if m.is_file() and is_audio_file(m)]
+            skipped += [m for m in matches if m.is_file() and not is_audio_file(m)]
+            if not picked:
+                failed.append(AnimationResult(arg, Path(), error=f"no speech file matches '{text}'"))
+            files += picked
+        elif not arg.exists():
+            failed.append(AnimationResult(arg, Path(), error=f"speech file or folder not found, {arg}, check the path"))
+        elif arg.is_dir():
+            entries = sorted(p for p in arg.iterdir() if p.is_file() and not p.name.startswith("."))
+            picked = [p for p in entries if is_audio_file(p)]
+            skipped += [p for p in entries if not is_audio_file(p)]
+            if not picked:
+                failed.append(AnimationResult(arg, Path(), error=f"the folder holds no speech files, {arg}, "
+                                                             f"give {ACCEPTED}"))
+            files += picked
+        else:
+            files.append(arg)  # a file named explicitly is tried whatever its suffix
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, failed, skipped
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """One sub-folder name per speech file: its stem, and ``stem-2``, ``stem-3``... (in input
+    order) for later files whose stem is taken, so no two inputs share a folder."""
+    taken, names = set(), []
+    for f in files:
+        name, k = f.stem or "speech", 2
+        while name in taken:
+            name, k = f"{f.stem}-{k}", k + 1
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def _previous_outputs(folder: Path) -> list[str]:
+    """Top-level names an earlier ``avtalk animate`` wrote into ``folder`` (its animation.json)."""
+    try:
+        meta = json.loads((folder / "animation.json").read_text())
+        return sorted({str(f).split("/")[0] for f in meta.get("files", [])} | {"animation.json"})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
@@ -211,17 +254,20 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     fps = float(model.fps)
     num_frames = int(model.num_frames(len(audio)))
     dest.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(dest / "vertices.npy", mode="w+", dtype=np.float32,
-                                    shape=(num_frames, mesh.num_verts, 3))
     window = max(2, int(round(cfg.window_seconds * fps)))
     overlap = min(int(round(cfg.overlap_seconds * fps)), (window - 1) // 2)
     source = mesh if rt is None else rt.source  # the mesh the model animates
-    pred = out if rt is None else np.lib.format.open_memmap(
-        dest / ".model_vertices.npy", mode="w+", dtype=np.float32, shape=(num_frames, source.num_verts, 3))
+    # memory maps with their size reserved on disk: a full disk is an ENOSPC here, never a SIGBUS later
+    pred = reserved_npy(dest / ("vertices.npy" if rt is None else ".model_vertices.npy"),
+                        (num_frames, source.num_verts, 3))
     predict_windowed(model, audio, torch.from_numpy(source.verts).to(device), style, pred, window, overlap, progress)
-    if rt is not None:
-        rt.transfer_into(pred, source.verts, mesh.verts, out)
-    out.flush()
+    pred.flush()
+    if rt is None:
+        out = pred
+    else:  # the user's (maybe huge) mesh: written block by block, never held or mapped for writing
+        stream_npy(dest / "vertices.npy", (num_frames, mesh.num_verts, 3),
+                   (block for _, block in rt.transfer_chunks(pred, source.verts, mesh.verts)))
+        out = np.load(dest / "vertices.npy", mmap_mode="r")
     _write_face(dest / "face.npz", mesh, ckpt, fps)
     files = ["vertices.npy", "face.npz"]
     needs_faces = any(f not in ("npy", "arkit", "livelink") for f in cfg.formats) or cfg.video
@@ -246,10 +292,11 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
             "model": {"checkpoint": str(cfg.checkpoint), **_model_card(ckpt)},
             "template": str(cfg.template) if cfg.template else "checkpoint training template",
             "num_verts": mesh.num_verts, "style": dict(zip(ckpt["subjects"], style.tolist())),
-            "format": cfg.format, "window_frames": window, "overlap_frames": overlap, "files": files}
+            "format": cfg.format, "window_frames": window, "overlap_frames": overlap,
+            "files": files + ["animation.json"]}
     meta.update(retarget=None if rt is None else rt.info(), exports=exported)
     (dest / "animation.json").write_text(json.dumps(meta, indent=1))
-    return AnimationResult(wav, final, num_frames, duration, fps, _notes(meta))
+    return AnimationResult(wav, final, num_frames, duration, fps, _notes(meta), files=meta["files"])
 
 
 def _notes(meta: dict) -> list[str]:
@@ -292,29 +339,97 @@ def _model_card(ckpt: dict) -> dict:
     return {"kind": a.get("kind"), "size": a.get("size"), "encoder": a.get("encoder")}
 
 
-def animate(cfg: AnimateConfig, progress: ProgressFn | None = None) -> list[AnimationResult]:
-    """Animate one speech file, or each speech file of a folder, into ``cfg.out``.
+def planned_frames(files: list[Path], model) -> list[int]:
+    """Frames the model will make for each speech file, from the files' headers (0 where
+    the header cannot be read: the decoder reports that file later)."""
+    import soundfile as sf
+
+    frames = []
+    for f in files:
+        try:
+            info = sf.info(str(f))
+            samples = info.frames * model.sample_rate / max(info.samplerate, 1)
+        except Exception:  # noqa: BLE001 - any unreadable header: counted as 0, refused by load_audio
+            samples = 0
+        frames.append(int(model.num_frames(int(samples))) if samples > 0 else 0)
+    return frames
+
+
+def check_output_room(cfg: AnimateConfig, files: list[Path], model, ckpt: dict, mesh: Mesh) -> int:
+    """Estimate what ``animate`` will write (:func:`~talkinghead_cli.diskspace.animate_bytes`)
+    and refuse before any work when the output's filesystem lacks the room. Returns bytes."""
+    model_verts = int(ckpt["config"]["animator"]["num_verts"])
+    retarget = model_verts if (cfg.template is not None and mesh.num_verts != model_verts) or cfg.landmarks else None
+    need = sum(animate_bytes(t, mesh.verts, mesh.faces, cfg.formats, cfg.video, retarget)
+               for t in planned_frames(files, model))
+    check_room(cfg.out, need, f"animating {len(files)} file{'s' if len(files) > 1 else ''}",
+               per_frame_files=any(f in ("obj", "ply") for f in cfg.formats))
+    return need
+
+
+def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
+            log: Callable[[AnimationResult], None] | None = None,
+            align_progress: ProgressFn | None = None) -> list[AnimationResult]:
+    """Animate each speech input into ``cfg.out``.
+
+    One speech file given alone is written into ``cfg.out`` itself; several inputs, a
+    folder or a glob give ``cfg.out/<stem>/`` each (``<stem>-2``... for repeated stems).
+    Each input's outputs are committed on their own (:func:`atomic_outputs`): files of other
+    names in the output folder are never touched, and a bad input is reported and skipped
+    without losing the others. The output's size is estimated first and a filesystem without
+    the room is refused before any work.
 
     Args:
         progress: called with (frames predicted, total frames) per file.
+        log: called with each input's result as soon as it is done (or failed).
+        align_progress: called with (percent, 100) while a template of another topology is aligned.
     Returns:
-        one :class:`AnimationResult` per speech file.
+        one :class:`AnimationResult` per input, failed ones with ``error`` set.
     Raises:
-        UserError: bad checkpoint, a template that is not a face-like triangle mesh, bad
-            landmarks, a model without a rig for ``arkit``, unknown style, bad audio.
+        UserError: nothing to animate, bad checkpoint, a template that is not a face-like
+            triangle mesh, bad landmarks, a model without a rig for ``arkit``, unknown style,
+            not enough free space for the estimated output (a bad audio input of a batch is
+            reported in its result instead).
+        OSError: ENOSPC when the disk fills up anyway (the temporary folder is removed).
     """
-    files = _speech_files(cfg.audio)
+    files, failed, _ = speech_inputs(list(cfg.audio))
+    if not files:
+        raise UserError(failed[0].error if len(failed) == 1 else "no speech file among the inputs", None,
+                        None if len(failed) == 1 else f"give {ACCEPTED}")
+    single = len(cfg.audio) == 1 and Path(cfg.audio[0]).is_file()
     cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)
-    rt, ckpt = _retargeting(cfg, ckpt, mesh)
+    check_output_room(cfg, files, model, ckpt, mesh)  # before the alignment and the prediction
+    rt, ckpt = _retargeting(cfg, ckpt, mesh, align_progress)
     rig = rig_for_formats(ckpt, cfg.formats, cfg.checkpoint)
     style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
-    results = []
-    with atomic_dir(cfg.out) as tmp:
-        for wav in files:
-            sub = "" if cfg.audio.is_file() else wav.stem
-            results.append(_animate_one(cfg, model, ckpt, mesh, style, wav, tmp / sub,
-                                        Path(cfg.out) / sub, progress, rt, rig))
+    results = list(failed)
+    for r in failed:
+        if log is not None:
+            log(r)
+    names = [""] if single else output_names(files)
+    for wav, name in zip(files, names):
+        final = Path(cfg.out) / name
+        start = time.perf_counter()
+        try:
+            with atomic_outputs(final, stale=_previous_outputs(final)) as tmp:
+                r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig)
+        except UserError as e:
+            if single:
+                raise
+            r = AnimationResult(wav, final, error=e.line())
+        r.seconds = time.perf_counter() - start
+        results.append(r)
+        if log is not None:
+            log(r)
     return results
+
+
+def summary(results: list[AnimationResult], cfg: AnimateConfig, seconds: float) -> dict:
+    """The machine-readable summary of a run (``avtalk animate --json``)."""
+    return {"inputs": [str(p) for p in cfg.audio], "output": str(cfg.out),
+            "checkpoint": str(cfg.checkpoint), "formats": cfg.formats, "seconds": round(seconds, 3),
+            "succeeded": sum(r.ok for r in results), "failed": sum(not r.ok for r in results),
+            "results": [r.to_json() for r in results]}

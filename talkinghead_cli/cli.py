@@ -69,21 +69,23 @@ def _root(
 def progress_bar(description: str, unit: str = "frames") -> Iterator[ProgressFn]:
     """A progress callback shown as a rich bar on a terminal, silent otherwise."""
     if state.quiet or not console.is_terminal:
-        yield lambda done, total: None
+        yield lambda done, total, stage=None, stage_unit="": None
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn(unit), TimeRemainingColumn()]
+               TextColumn("{task.fields[unit]}"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=None)
+        task = bar.add_task(description, total=None, unit=unit)
 
-        def update(done: float, total: float | None) -> None:
-            bar.update(task, completed=done, total=total)
+        def update(done: float, total: float | None, stage: str | None = None, stage_unit: str = "") -> None:
+            """``stage``: another description (and unit) for a step before the main one."""
+            bar.update(task, completed=done, total=total, description=stage or description,
+                       unit=stage_unit if stage else unit)
 
         yield update
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -91,8 +93,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     warnings.showwarning = _show_warning
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args or "-v" in args
+    code = 0
     try:
-        app(args=args, prog_name="avtalk", standalone_mode=False)
+        rc = app(args=args, prog_name="avtalk", standalone_mode=False)
+        code = rc if isinstance(rc, int) else 0  # a command's typer.Exit(n) comes back as n
     except UserError as e:
         if verbose:
             console.print_exception()
@@ -109,20 +113,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # internal error
+    except OSError as e:
+        from talkinghead_cli.diskspace import FIX, is_disk_full
+
+        if not is_disk_full(e):
+            _internal_error(e, verbose)
         if verbose:
             console.print_exception()
-        console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
-                      "(run with --verbose for the traceback)", highlight=False, soft_wrap=True)
-        sys.exit(1)
-    sys.exit(0)
+        where = f", {e.filename}" if e.filename else ""
+        console.print(f"[red]error:[/red] the disk filled up while writing ({e.strerror}){where}, {FIX}; "
+                      "nothing half-written was kept", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as e:  # internal error
+        _internal_error(e, verbose)
+    sys.exit(code)
 
 
-def existing_path(path: Path, what: str) -> Path:
-    """Raise a UserError if ``path`` does not exist."""
-    if not path.exists():
-        raise UserError(f"{what} not found", path, "check the path")
-    return path
+def _internal_error(e: BaseException, verbose: bool) -> None:
+    if verbose:
+        console.print_exception()
+    console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} "
+                  "(run with --verbose for the traceback)", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 # --- render (owner: preview video) ---
@@ -132,7 +144,7 @@ def existing_path(path: Path, what: str) -> Path:
 def render_cmd(
     sequence: Path = typer.Argument(..., help="Mesh sequence: .npy/.npz of (T, V, 3) or a folder of OBJ/PLY frames."),
     template: Path = typer.Option(..., "--template", "-t", help="Template mesh (OBJ/PLY/GLB) giving the faces."),
-    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech to mux in (WAV/FLAC/OGG)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="Speech to mux in (any audio avtalk animate accepts: WAV, FLAC, OGG, MP3, M4A/AAC, Opus, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The MP4 to write."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Frame rate (default: the fps stored in the NPZ, else 30)."),
     size: int = typer.Option(512, "--size", help="Frame width and height in pixels (even)."),
@@ -161,7 +173,7 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
     animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, whisper-tiny-ct2 (pretrained, needs the speech extra), or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
     stage: Optional[int] = typer.Option(None, "--stage", help="CodeTalker stage: 1 (motion codebook) or 2."),
     config: Optional[Path] = typer.Option(None, "--config", help="train.json/.yaml whose values the flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
@@ -180,6 +192,9 @@ def train_cmd(
     lambda_mse: Optional[float] = typer.Option(None, "--lambda-mse", help="Weight of the vertex MSE [default: 1]; 0 with --lambda-rlv 0: AV loss alone."),
     expert_mode: Optional[str] = typer.Option(None, "--expert-mode", help="frozen (default) or joint (expert trained too, at lr/10)."),
     av_mode: Optional[str] = typer.Option(None, "--av-mode", help="video (lips only, default) or av (lips and speech)."),
+    lambda_gap: Optional[float] = typer.Option(None, "--lambda-gap", help="Weight of the mouth-opening curve MSE [default: 0]."),
+    lambda_vel: Optional[float] = typer.Option(None, "--lambda-vel", help="Weight of the frame-to-frame motion MSE [default: 0]."),
+    augment: Optional[bool] = typer.Option(None, "--augment", help="Perturb the training audio (speed, pitch, reverb, band limit, noise, level); probabilities in --config's 'augment'."),
 ) -> None:
     """Train an animator on VOCASET, BIWI or the synthetic corpus."""
     from talkinghead_cli.config import TrainConfig, build_config, read_config_file
@@ -190,7 +205,8 @@ def train_cmd(
                  size=size, encoder=encoder, stage=stage, resume=resume or None, seed=seed, device=device, lr=lr,
                  lr_schedule=lr_schedule, batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
                  av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
-                 expert_mode=expert_mode, av_mode=av_mode)
+                 expert_mode=expert_mode, av_mode=av_mode, lambda_gap=lambda_gap, lambda_vel=lambda_vel,
+                 augment={} if augment and not base.get("augment") else None)
     cfg = build_config(TrainConfig, base, flags, config, command="train")
 
     def log(event: dict) -> None:
@@ -198,6 +214,9 @@ def train_cmd(
             how = f"resuming after epoch {event['epoch']}" if event["resumed"] else "starting"
             console.print(f"{how}: {event['train']} training / {event['val']} validation sequences on "
                           f"{event['device']} (x{event['world']})", highlight=False)
+        elif event["event"] == "features":
+            console.print(f"{event['encoder']} features: {event['cached']} cached, computing {event['compute']}",
+                          highlight=False)
         elif event["event"] == "init":
             console.print(f"initialised from {event['path']}", highlight=False)
         elif event["event"] == "expert":
@@ -217,33 +236,107 @@ def train_cmd(
     out.print(f"{result.run_dir} (last.pt, best.pt{best})", highlight=False, soft_wrap=True)
 
 
+@app.command("features")
+def features_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="vocaset, biwi or synthetic."),
+    data_root: Path = typer.Option(..., "--data-root", help="The dataset folder (FaceFormer layout)."),
+    encoder: str = typer.Option("whisper-tiny-ct2", "--encoder", help="Encoder whose frozen features to cache."),
+) -> None:
+    """Compute a corpus's speech features once (resumable; `train` computes missing ones itself)."""
+    from talkinghead_cli.training.features import corpus_features
+
+    def start(todo: int, cached: int) -> None:
+        console.print(f"{encoder} features: {cached} cached, computing {todo}", highlight=False)
+
+    with progress_bar("features", unit="utterances") as progress:
+        store = corpus_features(dataset, data_root, encoder, progress=progress, on_start=start)
+    out.print(f"{store.folder} ({len(store)} utterances)", highlight=False, soft_wrap=True)
+
+
+def _emit_json(data: dict, path: Optional[Path]) -> None:
+    """``--json``: ``-`` prints the JSON on stdout (nothing else goes there), a path is written
+    atomically."""
+    import json
+
+    text = json.dumps(data, indent=1)
+    if path is not None and str(path) == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    elif path is not None:
+        from talkinghead_cli.atomic import atomic_file
+
+        with atomic_file(path) as tmp:
+            tmp.write_text(text + "\n")
+
+
+def _files_line(files: list[str], folder: Path) -> str:
+    parts = []
+    for f in files:
+        if f.endswith("/"):
+            n = sum(1 for p in (folder / f).iterdir() if p.is_file()) if (folder / f).is_dir() else 0
+            parts.append(f"{f} ({n} files)")
+        else:
+            parts.append(f)
+    return ", ".join(parts)
+
+
 @app.command("animate")
 def animate_cmd(
-    audio: Path = typer.Argument(..., help="Speech file (WAV/FLAC/OGG) or a folder of them."),
+    audio: list[Path] = typer.Argument(..., help="Speech files, folders of them, or quoted globs ('x/*.flac'). "
+                                       "Accepted: WAV, FLAC, OGG, MP3, M4A/AAC, Opus, WebM, and the audio of "
+                                       "MP4/MOV/MKV (anything the bundled ffmpeg decodes; a folder or glob takes "
+                                       "these suffixes and names the files it skips)."),
     template: Optional[Path] = typer.Option(None, "--template", "-t", help="Face mesh of any topology (another one is retargeted) [default: the model's training template]."),
     landmarks: Optional[Path] = typer.Option(None, "--landmarks", help="Retargeting: 'USER_VERTEX TEMPLATE_VERTEX' pairs (text or JSON, >= 4) when automatic alignment fails."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder (written atomically)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder; may exist (`.` too): only avtalk's own outputs in it are replaced, each atomically; one speech file is written into it, several into OUT/<stem>/ (OUT/<stem>-2/ for a repeated stem)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train) or a registered model name [default: the bundled default]."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
     fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), usd (USD stage), arkit (52 blendshape curves: arkit.csv/json), livelink (Live Link Face CSV)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write a JSON summary (inputs, outputs, files written, timings, status per input) to this file, or `-` for stdout (the human summary then goes to stderr)."),
 ) -> None:
-    """Animate a face mesh from speech: vertices.npy, meshes, preview.mp4, animation.json."""
-    from talkinghead_cli.animate import animate
+    """Animate a face mesh from speech: vertices.npy, meshes, preview.mp4, animation.json.
+
+    A bad input in a batch is reported in one line and skipped; the others are written, and
+    the exit code is 2 at the end if any input failed.
+    """
+    import time
+
+    from talkinghead_cli.animate import animate, speech_inputs, summary
     from talkinghead_cli.config import AnimateConfig, build_config
 
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
                                                style=style, format=fmt, video=not no_video, device=device,
                                                allow_long=allow_long, landmarks=landmarks), command="animate")
+    human = console if json_path is not None and str(json_path) == "-" else out
+    _, _, skipped = speech_inputs(list(cfg.audio))
+    if skipped:
+        names = ", ".join(str(p) for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} file(s) that are not speech by their suffix: {names}", stacklevel=1)
+
+    def log(r) -> None:
+        if r.ok:
+            human.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s): "
+                        f"{_files_line(r.files, r.out_dir)}", highlight=False, soft_wrap=True)
+            for line in r.notes:
+                human.print(f"  {line}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"[red]error:[/red] {r.error}", highlight=False, soft_wrap=True)
+
+    start = time.perf_counter()
     with progress_bar("animating", unit="frames") as progress:
-        results = animate(cfg, progress=progress)
-    for r in results:
-        out.print(f"{r.out_dir} ({r.frames} frames at {r.fps:g} fps, {r.duration:.2f} s)",
-                  highlight=False, soft_wrap=True)
-        for line in r.notes:
-            out.print(f"  {line}", highlight=False, soft_wrap=True)
+        results = animate(cfg, progress=progress, log=log,
+                          align_progress=lambda done, total: progress(done, total, "aligning the template", "%"))
+    _emit_json(summary(results, cfg, time.perf_counter() - start), json_path)
+    failed = [r for r in results if not r.ok]
+    if len(results) > 1 or failed:
+        console.print(f"{len(results) - len(failed)} of {len(results)} inputs animated"
+                      + (f", {len(failed)} failed: " + ", ".join(str(r.audio) for r in failed) if failed else ""),
+                      highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
 
 
 # --- synth (owner: synthetic corpus) ---
@@ -289,9 +382,10 @@ def score_cmd(
     path: Optional[Path] = typer.Argument(None, help="An `avtalk animate` folder, or a .npy/.npz vertex file."),
     transcript: Optional[str] = typer.Option(None, "--transcript", help="What is said (normalised as the expert's tokenizer does)."),
     audio: Optional[Path] = typer.Option(None, "--audio", "-a", help="The speech: also read audio-visually."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth (T, V, 3) .npy/.npz: adds LVE/FDD/MVE."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Ground-truth (T, V, 3) .npy/.npz: adds LVE/FDD/MVE (at another frame rate it is resampled to the animation's)."),
+    reference_fps: Optional[float] = typer.Option(None, "--reference-fps", help="Frame rate of the reference [default: stored in its .npz, else guessed from its length, e.g. 60 for raw VOCASET]."),
     expert: Optional[str] = typer.Option(None, "--expert", help="Lip-reading expert checkpoint (avtalk finetune-expert) or registered name."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write all figures to this JSON file, or `-`: the JSON on stdout (the table then goes to stderr)."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Joint CTC/attention beam width [default: greedy CTC]."),
     template: Optional[Path] = typer.Option(None, "--template", "-t", help="Mesh with faces for a bare vertex file."),
     lip_indices: Optional[Path] = typer.Option(None, "--lip-indices", help="Lip vertex indices file (e.g. regions/lve.txt)."),
@@ -310,9 +404,10 @@ def score_cmd(
     from talkinghead_cli.score import AnimationScore, score
 
     cfg = build_config(ScoreConfig, {}, dict(
-        path=path, transcript=transcript, audio=audio, reference=reference, expert=expert, json_path=json_path,
+        path=path, transcript=transcript, audio=audio, reference=reference, reference_fps=reference_fps, expert=expert, json_path=json_path,
         beam=beam, template=template, lip_indices=lip_indices, checkpoints=checkpoint or None, fps=fps,
         dataset=dataset, data_root=data_root, split=split, transcripts=transcripts, device=device), command="score")
+    human = console if json_path is not None and str(json_path) == "-" else out
     with progress_bar("scoring", unit="steps" if path is not None else "utterances") as progress:
         result = score(cfg, progress=progress)
     if isinstance(result, AnimationScore):
@@ -321,10 +416,10 @@ def score_cmd(
             table.add_column(col, justify="left" if col in ("mode", "hypothesis") else "right", overflow="fold")
         for r in result.readings:
             table.add_row(r.mode, r.hypothesis or "∅", _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
-        out.print(table)
-        out.print(f"reference: {result.transcript}", highlight=False, soft_wrap=True)
+        human.print(table)
+        human.print(f"reference: {result.transcript}", highlight=False, soft_wrap=True)
         if result.mesh:
-            out.print("  ".join(f"{k.upper()} {v:.4g}" for k, v in result.mesh.items()), highlight=False)
+            human.print("  ".join(f"{k.upper()} {v:.4g}" for k, v in result.mesh.items()), highlight=False)
     else:
         table = Table(title=f"{result.dataset} {result.split}: {result.utterances} utterances ({result.decoding})")
         for col in ("model", "LVE", "FDD", "MVE", "CER", "WER", "VER"):
@@ -332,11 +427,13 @@ def score_cmd(
         for r in result.rows:
             table.add_row(r.name, _fmt(r.lve, ".4g"), _fmt(r.fdd, ".4g"), _fmt(r.mve, ".4g"),
                           _fmt(r.cer), _fmt(r.wer), _fmt(r.ver))
-        out.print(table)
+        human.print(table)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False, soft_wrap=True)
-    if json_path is not None:
-        out.print(f"{json_path}", highlight=False, soft_wrap=True)
+        human.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if json_path is not None and str(json_path) == "-":
+        _emit_json(result.to_json(), json_path)
+    elif json_path is not None:
+        human.print(f"{json_path}", highlight=False, soft_wrap=True)
 
 
 # --- finetune-expert (owner: expert training) ---
@@ -363,7 +460,7 @@ def finetune_expert_cmd(
 ) -> None:
     """Train the lip-reading expert on lip windows rendered from ground-truth meshes (stage 1)."""
     from talkinghead_cli.config import ExpertTrainConfig, build_config, read_config_file
-    from talkinghead_cli.lipreader.train import finetune_expert
+    from talkinghead_cli.training.expert_trainer import finetune_expert
 
     if cache is not None and no_cache:
         raise UserError("--cache and --no-cache exclude each other", cache, "pass one of them")

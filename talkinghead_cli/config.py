@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from talkinghead_cli.data.augment import AugmentConfig
 from talkinghead_cli.errors import UserError
 
 
@@ -64,6 +65,11 @@ class TrainConfig(_Strict):
     expert_mode: Literal["frozen", "joint"] = "frozen"
     expert_lr: Optional[float] = Field(None, gt=0)  # joint mode; default lr / 10
     av_mode: Literal["video", "av"] = "video"  # the expert reads lips only, or lips and speech
+    # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
+    lambda_gap: float = Field(0.0, ge=0)
+    lambda_vel: float = Field(0.0, ge=0)
+    # audio augmentation of the training split (data.augment): effect probabilities, or None
+    augment: Optional[AugmentConfig] = None
 
     @model_validator(mode="after")
     def _default_run_dir(self) -> "TrainConfig":
@@ -75,15 +81,18 @@ class TrainConfig(_Strict):
     def _check_av(self) -> "TrainConfig":
         if self.av_loss and self.expert is None:
             raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
-        if not self.av_loss and self.lambda_mse == 0 and self.lip_weight == 0:
-            raise ValueError("all loss weights are 0: nothing to train (add --av-loss or a weight)")
+        if (self.lambda_mse == 0 and self.lip_weight == 0 and self.lambda_gap == 0 and self.lambda_vel == 0
+                and (not self.av_loss or self.lambda_av == 0)):
+            raise ValueError("all loss weights are 0 (--lambda-mse, --lambda-rlv, --lambda-gap, --lambda-vel"
+                             + (", --lambda-av" if self.av_loss else ", and no --av-loss")
+                             + "): nothing to train; give one of them a positive weight")
         return self
 
 
 class AnimateConfig(_Strict):
     """Everything ``avtalk animate`` needs."""
 
-    audio: Path  # a speech file, or a folder of WAVs (each animated into out/<stem>/)
+    audio: list[Path]  # speech files, folders and globs (several: each animated into out/<stem>/)
     out: Path
     checkpoint: Optional[Path | str] = None  # path or registered name; default: the bundled default animator
     template: Optional[Path] = None  # default: the checkpoint's training template
@@ -95,6 +104,11 @@ class AnimateConfig(_Strict):
     window_seconds: float = Field(60.0, gt=0)  # longer audio is animated in windows
     overlap_seconds: float = Field(2.0, ge=0)  # cross-faded between windows
     allow_long: bool = False
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _check_overlap(self) -> "AnimateConfig":
@@ -121,10 +135,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         UserError: missing file, bad syntax, a non-mapping document, or YAML without PyYAML.
     """
-    path = Path(path)
+    from talkinghead_cli.paths import check_input
+
+    path = check_input(path, "--config")
     if not path.exists():
         raise UserError("config file not found", path, "check the path")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"the config file is not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start})", path,
+                        "save it as UTF-8 JSON or YAML") from e
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
         try:
@@ -159,13 +179,19 @@ def build_config(cls: type[BaseModel], file_values: dict[str, Any], flags: dict[
     merged = dict(file_values)
     merged.update({k: v for k, v in flags.items() if v is not None})
     try:
-        return cls(**merged)
+        cfg = cls(**merged)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
         hint = f"see `avtalk {command} --help`" if command else "see `avtalk COMMAND --help`"
+        if not err["loc"] and err["type"] == "value_error":  # a check across options: its own sentence
+            raise UserError(msg.removeprefix("Value error, "), source, hint) from e
         raise UserError(f"invalid setting '{where}': {msg}", source, hint) from e
+    from talkinghead_cli.paths import check_config_paths
+
+    check_config_paths(cfg, command)  # no FIFO, device or misplaced folder among the inputs
+    return cfg
 
 
 class ExpertTrainConfig(_Strict):
@@ -216,6 +242,7 @@ class ScoreConfig(_Strict):
     transcript: Optional[str] = None
     audio: Optional[Path] = None  # speech: also read audio-visually
     reference: Optional[Path] = None  # ground-truth (T, V, 3) for LVE/FDD/MVE
+    reference_fps: Optional[float] = Field(None, gt=0)  # default: stored in its .npz, else from its length
     expert: Optional[str] = None  # expert checkpoint path or registered name
     template: Optional[Path] = None  # mesh with faces, for a bare vertex file
     lip_indices: Optional[Path] = None

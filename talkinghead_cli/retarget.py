@@ -6,7 +6,9 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
 1. **Alignment.** A similarity transform ``x_user = s R x_src + t`` found from area-weighted
    surface moments (centroid, scale, principal axes) under all 24 axis-permutation/sign
    hypotheses, each refined by a short rigid-plus-scale ICP of the source's face region onto
-   the user's surface (``trimesh.registration.icp``); the best hypothesis is refined further.
+   the user's surface (closest points from a :class:`~talkinghead_cli.surface.SurfaceIndex`:
+   KD-trees and chunked closest-triangle queries, memory linear in the mesh); the best
+   hypothesis is refined further.
    With ``landmarks`` (user vertex -> source vertex pairs) the initial transform is their
    Umeyama/Procrustes fit instead.
 2. **Alignment error.** Distances from the source's face region (lips + upper face when the
@@ -15,7 +17,9 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
    is refused as not face-like.
 3. **Mapping.** The source, placed in the user's frame, has its main surface (the skin, not
    eyes or teeth) bent onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``)
-   so that faces of other proportions meet mouth to mouth. Each user vertex takes the
+   so that faces of other proportions meet mouth to mouth (a template of more than
+   ``PROXY_FACES`` triangles, e.g. a scan, is stood in for by a vertex-clustered copy a
+   little finer than the model's face). Each user vertex takes the
    barycentric coordinates of its closest bent-source triangle that faces the same way
    (closed lips map to their own lip), times a smooth falloff from 1 (on the surface) to 0
    (``FALLOFF`` distances away: back of the head, neck, borders): a sparse (Vu, Vt) matrix ``W``.
@@ -24,7 +28,7 @@ The model predicts vertices on its own template (the *source*, Vt vertices). A u
    landmarks, so a template is aligned once (``AVTALK_CACHE_DIR`` moves or disables it).
 5. **Transfer.** Per frame, ``d_user = s R (W @ (pred - source))``: displacements
    interpolated on the source, rotated and scaled into the user's frame. One sparse matmul
-   for all frames.
+   per block of frames (:meth:`Retargeting.transfer_chunks`), written as it is made.
 
 Shapes: T frames, V vertices (Vt source, Vu user), F faces.
 """
@@ -41,11 +45,20 @@ import scipy.sparse as sp
 
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.mesh import Mesh
+from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.surface import SurfaceIndex, cluster_proxy, surface_area, surface_moments, vertex_normals
+
+__all__ = ["surface_moments"]  # re-exported for callers of the former location
 
 MAX_ERROR = 0.02  # refuse when the p95 alignment error exceeds 2 % of the template's diagonal
 FALLOFF = (0.01, 0.04)  # full motion below 1 %, none beyond 4 % of the diagonal
 MIN_LANDMARKS = 4
 _ICP_POINTS = 600
+# Templates with more faces are aligned (24 hypotheses) and bent onto a vertex-clustered stand-in
+# with cubes of PROXY_CELL times the model face's typical edge at the template's size (the final
+# ICP, the error and the per-vertex mapping always use every vertex).
+PROXY_FACES = 100_000
+PROXY_CELL = 0.25
 # Non-rigid ICP schedule (stiffness, landmark weight, normal weight, iterations): trimesh's
 # default weights with at most 5 iterations per step.
 NRICP_STEPS = [[0.01, 10, 0.5, 5], [0.02, 5, 0.5, 5], [0.03, 2.5, 0.5, 5], [0.01, 0, 0.0, 5]]
@@ -84,19 +97,29 @@ class Retargeting:
         Returns:
             (T, Vu, 3) float32.
         """
-        disp = np.asarray(pred, np.float32) - np.asarray(source, np.float32)[None]
-        t, vt, _ = disp.shape
-        moved = self.weights @ disp.transpose(1, 0, 2).reshape(vt, t * 3)  # (Vu, T*3)
-        moved = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3) in the source frame
         to_user = (self.scale * self.rotation).astype(np.float32)  # d_user = s R d_src
-        return (target[None] + moved @ to_user.T).astype(np.float32)
+        disp = (np.asarray(pred, np.float32) - np.asarray(source, np.float32)[None]) @ to_user.T  # rotate first:
+        t, vt, _ = disp.shape  # W (s R d) = s R (W d), and Vt is small
+        weights = self.weights if self.weights.dtype == np.float32 else self.weights.astype(np.float32)
+        moved = weights @ np.ascontiguousarray(disp.transpose(1, 0, 2)).reshape(vt, t * 3)  # (Vu, T*3)
+        out = moved.reshape(-1, t, 3).transpose(1, 0, 2)  # (T, Vu, 3)
+        out += np.asarray(target, np.float32)[None]
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def transfer_into(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray, out: np.ndarray,
-                      chunk: int = 500) -> np.ndarray:
+                      chunk: int | None = None) -> np.ndarray:
         """:meth:`transfer` ``chunk`` frames at a time into ``out`` (T, Vu, 3), e.g. memory maps."""
-        for a in range(0, len(pred), chunk):
-            out[a:a + chunk] = self.transfer(np.asarray(pred[a:a + chunk]), source, target)
+        for a, frames in self.transfer_chunks(pred, source, target, chunk):
+            out[a:a + len(frames)] = frames
         return out
+
+    def transfer_chunks(self, pred: np.ndarray, source: np.ndarray, target: np.ndarray, chunk: int | None = None):
+        """:meth:`transfer` in blocks of frames: yields (first frame, (t, Vu, 3) float32). The
+        default block holds about 8 M user vertex positions (~100 MB), whatever Vu is."""
+        chunk = chunk or max(1, min(500, 8_000_000 // max(1, self.weights.shape[0])))
+        target = np.asarray(target, np.float32)
+        for a in range(0, len(pred), chunk):
+            yield a, self.transfer(np.asarray(pred[a:a + chunk]), source, target)
 
     def map_indices(self, indices: np.ndarray | None) -> np.ndarray | None:
         """Source vertex indices (e.g. lips) -> the user vertices that take most of their
@@ -134,24 +157,6 @@ def _trimesh(mesh: Mesh):
     import trimesh
 
     return trimesh.Trimesh(np.asarray(mesh.verts, np.float64), mesh.faces, process=False)
-
-
-def surface_moments(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Area-weighted centroid (3,), principal axes (3, 3) as columns (right-handed, by
-    decreasing extent) and their standard deviations (3,), from face centroids, so the result
-    hardly depends on how finely the surface is triangulated."""
-    tri = verts[faces].astype(np.float64)  # (F, 3, 3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    w = area / max(area.sum(), 1e-30)
-    c = tri.mean(axis=1)
-    mu = w @ c
-    cov = (c - mu).T @ ((c - mu) * w[:, None])
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(evals)[::-1]
-    axes = evecs[:, order]
-    if np.linalg.det(axes) < 0:
-        axes[:, 2] *= -1
-    return mu, axes, np.sqrt(np.maximum(evals[order], 0))
 
 
 def axis_hypotheses() -> list[np.ndarray]:
@@ -194,7 +199,8 @@ def closest_facing(mesh, points: np.ndarray, normals: np.ndarray, penalty: float
 
     Where two surfaces touch (closed upper and lower lips) the plain closest triangle may be
     on the wrong one. Here each point's candidates are the triangles around its
-    ``neighbours`` nearest mesh vertices plus the exact closest triangle; a candidate whose
+    ``neighbours`` nearest mesh vertices plus those with the nearest centroids
+    (:class:`~talkinghead_cli.surface.SurfaceIndex`, in bounded memory); a candidate whose
     normal points against the query's normal costs ``penalty`` extra distance. Only these
     local candidates are compared, so a facing triangle on a far side of the mesh is never
     preferred to a near one.
@@ -204,22 +210,9 @@ def closest_facing(mesh, points: np.ndarray, normals: np.ndarray, penalty: float
     Returns:
         (closest (N, 3), distance (N,), triangle id (N,)).
     """
-    import trimesh
-    from scipy.spatial import cKDTree
-
-    _, _, exact_tri = closest_on_surface(mesh, points)
-    _, nn = cKDTree(mesh.vertices).query(points, k=min(neighbours, len(mesh.vertices)))
-    cand = np.concatenate([np.asarray(mesh.vertex_faces)[nn.reshape(len(points), -1)].reshape(len(points), -1),
-                           exact_tri[:, None]], axis=1)  # (N, C), -1 = padding
-    safe = np.maximum(cand, 0)
-    tri = np.asarray(mesh.triangles)[safe.ravel()]
-    near = trimesh.triangles.closest_point(tri, np.repeat(points, cand.shape[1], axis=0)).reshape(*cand.shape, 3)
-    dist = np.linalg.norm(near - points[:, None], axis=2)
-    facing = np.einsum("ncd,nd->nc", np.asarray(mesh.face_normals)[safe], normals) >= 0
-    score = np.where(cand < 0, np.inf, dist + penalty * ~facing)
-    pick = np.argmin(score, axis=1)
-    rows = np.arange(len(points))
-    return near[rows, pick], dist[rows, pick], cand[rows, pick]
+    index = SurfaceIndex(mesh.vertices, mesh.faces, neighbours=neighbours)
+    closest, dist, tri, _ = index.query(points, normals, penalty)
+    return closest, dist, tri
 
 
 def closest_facing_reference(verts: np.ndarray, faces: np.ndarray, points: np.ndarray,
@@ -251,51 +244,68 @@ def _region_points(source: Mesh, region: np.ndarray | None, n: int, seed: int = 
     return np.asarray(pts, np.float64)
 
 
-def _icp(points: np.ndarray, user_tm, initial: np.ndarray, iterations: int) -> np.ndarray:
-    """Rigid + uniform-scale ICP of source points onto the user's surface. Returns 4x4."""
-    from trimesh.registration import icp
+def _icp(points: np.ndarray, user: SurfaceIndex, initial: np.ndarray, iterations: int) -> np.ndarray:
+    """Rigid + uniform-scale ICP of source points (N, 3) onto the user's surface (as
+    ``trimesh.registration.icp``, with the closest points from ``user``). Returns 4x4."""
+    from trimesh.registration import procrustes
 
-    matrix, _, _ = icp(points, user_tm, initial=initial, max_iterations=iterations,
-                       reflection=False, scale=True, threshold=1e-7)
-    return matrix
+    a = points @ initial[:3, :3].T + initial[:3, 3]
+    total, old_cost = initial, np.inf
+    for _ in range(iterations):
+        closest = user.query(a)[0]
+        matrix, a, cost = procrustes(a, closest, reflection=False, scale=True)
+        total = matrix @ total
+        if old_cost - cost < 1e-7:
+            break
+        old_cost = cost
+    return total
 
 
-def alignment_error(points: np.ndarray, matrix: np.ndarray, user_tm, diagonal: float) -> dict:
+def alignment_error(points: np.ndarray, matrix: np.ndarray, user: SurfaceIndex, diagonal: float) -> dict:
     """Distances of source points (N, 3), mapped by ``matrix``, to the user's surface, relative
     to the mapped source diagonal. Returns {"mean", "p95"}."""
     mapped = points @ matrix[:3, :3].T + matrix[:3, 3]
-    _, dist, _ = closest_on_surface(user_tm, mapped)
+    dist = user.query(mapped)[1]
     rel = dist / (diagonal * _split(matrix)[1])
     return {"mean": float(rel.mean()), "p95": float(np.percentile(rel, 95))}
 
 
-def align_automatic(source: Mesh, user: Mesh, region: np.ndarray | None = None) -> np.ndarray:
-    """Source -> user similarity (4x4) from surface moments, 24 axis hypotheses and ICP."""
-    user_tm = _trimesh(user)
+def align_automatic(source: Mesh, user: Mesh, region: np.ndarray | None = None,
+                    index: SurfaceIndex | None = None, progress: ProgressFn | None = None,
+                    coarse_index: SurfaceIndex | None = None) -> np.ndarray:
+    """Source -> user similarity (4x4) from surface moments, 24 axis hypotheses and ICP
+    (the hypotheses on ``coarse_index``, a stand-in of a dense mesh, when given).
+    ``progress`` is called with (hypotheses tried, 25)."""
+    full = index if index is not None else SurfaceIndex(user.verts, user.faces)
+    user_tm = coarse_index if coarse_index is not None else full
     mu_s, ax_s, sd_s = surface_moments(source.verts, source.faces)
     mu_u, ax_u, sd_u = surface_moments(user.verts, user.faces)
     scale = float(np.sqrt((sd_u ** 2).sum() / max((sd_s ** 2).sum(), 1e-30)))
     coarse = _region_points(source, region, 200)
     diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
     best, best_err = None, np.inf
-    for p in axis_hypotheses():
+    hypotheses = axis_hypotheses()
+    for i, p in enumerate(hypotheses):
         rot = ax_u @ p @ ax_s.T
         init = _matrix(rot, scale, mu_u - scale * rot @ mu_s)
         m = _icp(coarse, user_tm, init, 6)
         err = alignment_error(coarse, m, user_tm, diag)["mean"]
         if err < best_err:
             best, best_err = m, err
-    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), user_tm, best, 30)
+        report(progress, i + 1, len(hypotheses) + 1)
+    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), full, best, 30)
 
 
-def align_landmarks(source: Mesh, user: Mesh, pairs: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
+def align_landmarks(source: Mesh, user: Mesh, pairs: np.ndarray, region: np.ndarray | None = None,
+                    index: SurfaceIndex | None = None) -> np.ndarray:
     """Source -> user similarity (4x4) from landmark pairs (N, 2) of (user, source) vertex
     indices (Umeyama fit), refined by ICP."""
     from trimesh.registration import procrustes
 
     m, _, _ = procrustes(source.verts[pairs[:, 1]].astype(np.float64), user.verts[pairs[:, 0]].astype(np.float64),
                          reflection=False, scale=True)
-    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), _trimesh(user), m, 30)
+    index = index if index is not None else SurfaceIndex(user.verts, user.faces)
+    return _icp(_region_points(source, region, _ICP_POINTS, seed=1), index, m, 30)
 
 
 def main_surface(mesh: Mesh, share: float = 0.1) -> np.ndarray:
@@ -309,10 +319,20 @@ def main_surface(mesh: Mesh, share: float = 0.1) -> np.ndarray:
     return np.flatnonzero(area[labels] >= share * area.sum())
 
 
-def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray | None:
+def stand_in(user: Mesh, num_source: int) -> Mesh | None:
+    """A vertex-clustered copy of a dense template (over ``PROXY_FACES`` triangles) a little
+    finer than the model's face would be at the template's size, or None for a small one."""
+    if len(user.faces) <= PROXY_FACES:
+        return None
+    edge = np.sqrt(2 * surface_area(user.verts, user.faces) / (np.sqrt(3) * num_source))  # equilateral mesh
+    return Mesh(*cluster_proxy(user.verts, user.faces, PROXY_CELL * edge))
+
+
+def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray, proxy: Mesh | None = None) -> np.ndarray | None:
     """Source vertices placed by ``matrix`` in the user's frame, then the main surface bent
-    onto the user's by non-rigid ICP (``trimesh.registration.nricp_amberg``), so that mouth,
-    nose and eyes of another face shape meet. Returns (Vt, 3), or None if it fails."""
+    onto the user's (or its stand-in ``proxy``) by non-rigid ICP
+    (``trimesh.registration.nricp_amberg``), so that mouth, nose and eyes of another face
+    shape meet. Returns (Vt, 3), or None if it fails."""
     from trimesh.registration import nricp_amberg
 
     placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
@@ -322,8 +342,9 @@ def refine_nonrigid(source: Mesh, user: Mesh, matrix: np.ndarray) -> np.ndarray 
     remap[idx] = np.arange(len(idx))
     sub = _trimesh(Mesh(placed[idx], remap[faces]))
     size = float(np.linalg.norm(np.ptp(placed[idx], axis=0)))
+    target = _trimesh(user if proxy is None else proxy)
     try:
-        bent = np.asarray(nricp_amberg(sub, _trimesh(user), distance_threshold=0.05 * size, steps=NRICP_STEPS))
+        bent = np.asarray(nricp_amberg(sub, target, distance_threshold=0.05 * size, steps=NRICP_STEPS))
     except (np.linalg.LinAlgError, ValueError, RuntimeError):
         return None
     if bent.shape != (len(idx), 3) or not np.isfinite(bent).all():
@@ -384,24 +405,21 @@ def smooth_falloff(rel_dist: np.ndarray, inner: float, outer: float) -> np.ndarr
 
 
 def barycentric_weights(source: Mesh, points: np.ndarray, normals: np.ndarray,
-                        falloff: tuple[float, float] = FALLOFF):
+                        falloff: tuple[float, float] = FALLOFF, progress: ProgressFn | None = None):
     """Sparse barycentric interpolation from the source surface to ``points`` (N, 3) with
     unit ``normals`` (N, 3), in one frame; triangles facing away from a point's normal are
     avoided (:func:`closest_facing`). Distances for the falloff are relative to the source's
     bounding-box diagonal.
 
     Returns (W (N, Vt) CSR with rows of barycentrics x falloff, falloff (N,), distance (N,))."""
-    import trimesh
-
-    tm = _trimesh(source)
     diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
-    closest, dist, tri = closest_facing(tm, np.asarray(points, np.float64), normals, penalty=falloff[1] * diag)
-    bary = trimesh.triangles.points_to_barycentric(tm.triangles[tri], closest)
+    index = SurfaceIndex(source.verts, source.faces)
+    _, dist, tri, bary = index.query(points, normals, penalty=falloff[1] * diag, progress=progress)
     bary = np.clip(np.nan_to_num(bary), 0, None)
     bary /= np.maximum(bary.sum(axis=1, keepdims=True), 1e-12)
     fall = smooth_falloff(dist / diag, *falloff)
     rows = np.repeat(np.arange(len(points)), 3)
-    w = sp.csr_matrix(((bary * fall[:, None]).ravel(), (rows, source.faces[tri].ravel())),
+    w = sp.csr_matrix(((bary * fall[:, None]).astype(np.float32).ravel(), (rows, source.faces[tri].ravel())),
                       shape=(len(points), source.num_verts))
     w.eliminate_zeros()
     return w, fall, dist
@@ -409,7 +427,8 @@ def barycentric_weights(source: Mesh, points: np.ndarray, normals: np.ndarray,
 
 def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None,
                       landmarks: np.ndarray | None = None, max_error: float = MAX_ERROR,
-                      user_path: str | Path | None = None, nonrigid: bool = True) -> Retargeting:
+                      user_path: str | Path | None = None, nonrigid: bool = True,
+                      progress: ProgressFn | None = None) -> Retargeting:
     """Align ``user`` to the model's template ``source`` and cache the vertex mapping.
 
     Args:
@@ -421,16 +440,28 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
             transform, before any bending) exceeds it.
         nonrigid: bend the model's template onto the user's mesh (:func:`refine_nonrigid`)
             before mapping, so faces of other proportions map mouth to mouth.
+        progress: called with (percent done, 100): alignment to 40, bending to 60, the
+            per-vertex mapping to 100.
     Raises:
         UserError: the mesh is not face-like (alignment error over ``max_error``).
+
+    Memory is linear in Vu: KD-trees and chunked closest-triangle queries
+    (:class:`~talkinghead_cli.surface.SurfaceIndex`), a sparse (Vu, Vt) result.
     """
+    report(progress, 0, 100)
+    index = SurfaceIndex(user.verts, user.faces)
+    proxy = stand_in(user, source.num_verts)
     if landmarks is not None:
-        matrix, method = align_landmarks(source, user, landmarks, region), "landmarks"
+        matrix, method = align_landmarks(source, user, landmarks, region, index), "landmarks"
     else:
-        matrix, method = align_automatic(source, user, region), "automatic"
+        step = None if progress is None else (lambda done, total: progress(40 * done / total, 100))
+        coarse = None if proxy is None else SurfaceIndex(proxy.verts, proxy.faces)
+        matrix, method = align_automatic(source, user, region, index, step, coarse), "automatic"
+    report(progress, 40, 100)
     diag = float(np.linalg.norm(np.ptp(source.verts, axis=0)))
     pts = source.verts[region] if region is not None and len(region) >= 10 else source.verts
-    err = alignment_error(np.asarray(pts, np.float64), matrix, _trimesh(user), diag)
+    err = alignment_error(np.asarray(pts, np.float64), matrix, index, diag)
+    del index
     if not err["p95"] <= max_error:
         hint = ("check the landmark pairs (user vertex, template vertex)" if landmarks is not None else
                 "give a face mesh, or pass --landmarks with a few user/template vertex pairs")
@@ -439,17 +470,20 @@ def build_retargeting(source: Mesh, user: Mesh, region: np.ndarray | None = None
                         f"of the face size (95th percentile; at most {100 * max_error:.1f} % accepted)",
                         user_path, hint)
     rot, scale, trans = _split(matrix)
-    placed = refine_nonrigid(source, user, matrix) if nonrigid else None
+    placed = refine_nonrigid(source, user, matrix, proxy) if nonrigid else None
     bent = placed is not None
     if not bent:
         placed = source.verts.astype(np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
-    w, fall, _ = barycentric_weights(Mesh(placed, source.faces), user.verts.astype(np.float64),
-                                     np.asarray(_trimesh(user).vertex_normals))
+    report(progress, 60, 100)
+    normals = (np.asarray(_trimesh(user).vertex_normals) if len(user.faces) <= PROXY_FACES
+               else vertex_normals(user.verts, user.faces))  # trimesh's angle weighting, or area weighting in chunks
+    step = None if progress is None else (lambda done, total: progress(60 + 40 * done / total, 100))
+    w, fall, _ = barycentric_weights(Mesh(placed, source.faces), user.verts, normals, progress=step)
     return Retargeting(w, rot, scale, trans, err, fall, method, bent)
 
 
 def for_checkpoint(ckpt: dict, user: Mesh, template_path: str | Path | None = None,
-                   landmarks_path: str | Path | None = None) -> Retargeting | None:
+                   landmarks_path: str | Path | None = None, progress: ProgressFn | None = None) -> Retargeting | None:
     """The retargeting ``avtalk animate`` needs, or None when ``user`` has the model's topology
     (same vertex count) and no landmarks were given: then the model animates it directly.
 
@@ -472,7 +506,7 @@ def for_checkpoint(ckpt: dict, user: Mesh, template_path: str | Path | None = No
     path = cache_path(source, user, region, pairs)
     rt = load_cached(path) if path is not None else None
     if rt is None:
-        rt = build_retargeting(source, user, region, pairs, user_path=template_path)
+        rt = build_retargeting(source, user, region, pairs, user_path=template_path, progress=progress)
         if path is not None:
             save_cached(path, rt)
     rt.source = source

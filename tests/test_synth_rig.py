@@ -194,3 +194,39 @@ def test_builtin_sentences_are_many_distinct_and_balanced():
     for split, texts in pools.items():
         phones = {p for t in texts for p in phonemise(t, cmu)}
         assert set(ARPABET) <= phones, split
+
+
+@pytest.mark.parametrize("vowel", ["AA", "AE", "AO"])
+def test_vowel_between_bilabials_still_opens(rig, vowel):
+    """'Bob', 'map', 'palm': the lips close at the consonants, the jaw and lips open for the vowel."""
+    up, lo = lip_midline(rig)
+    rest = lip_gap(rig.template[None], up, lo)[0]
+    peaks = {}
+    for cons in ("B", "T"):
+        segs, w = _weights(rig, [cons, vowel, cons], dur=0.09)
+        gap = lip_gap(rig.pose(w), up, lo) - rest
+        a, b = segs[2][0], segs[2][1]  # the vowel (segs[0] is the leading silence)
+        frames = slice(int(np.ceil(a * 30)), int(np.ceil(b * 30)))
+        peaks[cons] = (gap[frames].max(), w[frames, rig.index("jawOpen")].max())
+        if cons == "B":
+            for s in (segs[1], segs[3]):  # each /b/ shuts the lips on a frame it covers
+                near = slice(int(np.floor(s[0] * 30)), int(np.ceil(s[1] * 30)) + 1)
+                assert gap[near].min() <= 0.1 * gap.max(), (vowel, s)
+    assert peaks["B"][0] >= 0.75 * peaks["T"][0], peaks  # lip gap
+    assert peaks["B"][1] >= 0.8 * peaks["T"][1], peaks  # jaw
+
+
+def test_phoneme_check_flags_a_closed_vowel_next_to_bilabials():
+    from talkinghead_cli.data.synthetic import phoneme_check as pc
+
+    def row(ph, gap, nb, jaw=0.3, rounding=0.2, spread=0.0, min_rel=0.5):
+        return {"phoneme": ph, "dur": 0.1, "gap": gap, "gap_rel": gap / 6.0, "min_gap_rel": min_rel, "jaw": jaw,
+                "rounding": rounding, "spread": spread, "next_to_bilabial": nb}
+
+    good = [row("AA", 5.0, False), row("AA", 5.5, False), row("AE", 4.5, True), row("B", 0.0, False, min_rel=0.0)]
+    assert pc.check(pc.phoneme_table(good)) == []
+    bad = good[:2] + [row("AE", 1.3, True)] + [row("B", 2.0, False, min_rel=0.4)]
+    misses = pc.check(pc.phoneme_table(bad))
+    assert any(m.startswith("open vowel next to P B M: gap") for m in misses), misses
+    assert any(m.startswith("bilabial P B M: closed") for m in misses), misses
+    assert "open vowel" in pc.format_table(pc.phoneme_table(bad))

@@ -2,7 +2,7 @@
 
 Files: ``wav/FaceTalk_170728_03272_TA_sentence01.wav``, ``vertices_npy/<same>.npy`` of
 shape (T, 15069) at 60 fps, ``templates.pkl`` (a Python 2 pickle of subject -> (5023, 3)),
-optionally ``templates/FLAME_sample.ply`` (FLAME topology, used for the faces) and
+optionally ``templates/FLAME_sample.ply`` or ``.obj`` (FLAME topology, used for the faces) and
 ``regions/lve.txt`` / ``regions/fdd.txt``. The field trains at 30 fps by taking every
 second frame (``[::2]``); ``keep_60fps=True`` keeps all frames.
 
@@ -25,7 +25,7 @@ TRAIN_SUBJECTS = [f"FaceTalk_{s}_TA" for s in (
     "170811_03274", "170913_03279", "170904_03276", "170912_03278")]
 VAL_SUBJECTS = [f"FaceTalk_{s}_TA" for s in ("170811_03275", "170908_03277")]
 TEST_SUBJECTS = [f"FaceTalk_{s}_TA" for s in ("170809_00138", "170731_00024")]
-FACE_FILES = ["templates/FLAME_sample.ply", "FLAME_sample.ply"]
+FACE_FILES = ["templates/FLAME_sample.ply", "FLAME_sample.ply", "templates/FLAME_sample.obj", "FLAME_sample.obj"]
 
 
 def split_of(subject: str, sentence: int) -> str | None:

@@ -1,6 +1,6 @@
 """Training losses added on top of an animator's own ``training_loss``.
 
-DESIGN.md §1: L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv. The animators compute L_mse
+The loss (as in the paper): L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv. The animators compute L_mse
 (and CodeTalker its VQ terms) themselves; the trainer adds L_rlv, the MSE over the lip
 vertices, and L_av, the lip-reading expert's joint CTC/attention loss on lip windows
 rendered from the predicted meshes (:func:`av_loss`, :class:`AVLoss`), here.
@@ -33,16 +33,69 @@ def lip_vertex_loss(pred: torch.Tensor, target: torch.Tensor, lip: torch.Tensor)
     return torch.nn.functional.mse_loss(pred[:, :t, idx].float(), target[:, :t, idx].float())
 
 
+def opening_indices(template: torch.Tensor, lip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(upper, lower) lip vertices near the mouth's vertical centre line, for :func:`lip_gap_loss`.
+
+    The lip vertices within 15 % of the lips' width of their centre, split at their median
+    height. Works for any topology with lip indices (the synthetic rig, FLAME, BIWI).
+
+    Args:
+        template: (V, 3); lip: (N,) vertex indices.
+    """
+    p = template[lip].double()
+    cx, width = p[:, 0].mean(), p[:, 0].max() - p[:, 0].min()
+    mid = lip[(p[:, 0] - cx).abs() < 0.15 * width]
+    y = template[mid, 1]
+    order = mid[torch.argsort(y, stable=True)]
+    half = len(order) // 2
+    return order[len(order) - half:], order[:half]
+
+
+def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
+                 lower: torch.Tensor) -> torch.Tensor:
+    """MSE of the mouth-opening curves (mean upper minus mean lower lip height per frame).
+
+    The vertex MSE spreads its error over thousands of vertices; this term looks only at how
+    far the mouth opens, so a prediction that hovers at the mean mouth (half open at every
+    /p b m/, half shut at every open vowel) pays for it directly.
+
+    Args:
+        pred, target: (B, T, V, 3) (cut to the shorter length); upper, lower: index tensors.
+    Returns:
+        scalar.
+    """
+    t = min(pred.shape[1], target.shape[1])
+
+    def gap(v):
+        return v[:, :t, upper.to(v.device), 1].float().mean(-1) - v[:, :t, lower.to(v.device), 1].float().mean(-1)
+
+    return torch.nn.functional.mse_loss(gap(pred), gap(target))
+
+
+def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of frame-to-frame vertex motion (pred[t+1] − pred[t] against the target's).
+
+    Args:
+        pred, target: (B, T, V, 3) (cut to the shorter length).
+    """
+    t = min(pred.shape[1], target.shape[1])
+    return torch.nn.functional.mse_loss(torch.diff(pred[:, :t].float(), dim=1), torch.diff(target[:, :t].float(), dim=1))
+
+
 def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                lip: torch.Tensor | None, lip_weight: float, *, mse_weight: float = 1.0,
-               av: ExpertLoss | None = None, av_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av.
+               av: ExpertLoss | None = None, av_weight: float = 0.0,
+               opening: tuple[torch.Tensor, torch.Tensor] | None = None, gap_weight: float = 0.0,
+               vel_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av
+    + gap_weight × L_gap + vel_weight × L_vel.
 
-    L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given.
-    A weight of 0 drops its term from the graph.
+    L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given,
+    L_gap (:func:`lip_gap_loss`) when ``opening`` = (upper, lower) indices is given, L_vel
+    (:func:`velocity_loss`). A weight of 0 drops its term from the graph.
 
     Returns:
-        (loss scalar, logs {"loss", "mse", and "lip", "av", "ctc", "ce" when present}).
+        (loss scalar, logs {"loss", "mse", and "lip", "gap", "vel", "av", "ctc", "ce" when present}).
     """
     logs = {"mse": float(model_loss.detach())}
     loss = mse_weight * model_loss if mse_weight != 1.0 else model_loss
@@ -50,6 +103,14 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
         rlv = lip_vertex_loss(pred, target, lip)
         loss = loss + lip_weight * rlv
         logs["lip"] = float(rlv.detach())
+    if opening is not None and gap_weight > 0 and pred is not None:
+        gap = lip_gap_loss(pred, target, *opening)
+        loss = loss + gap_weight * gap
+        logs["gap"] = float(gap.detach())
+    if vel_weight > 0 and pred is not None:
+        vel = velocity_loss(pred, target)
+        loss = loss + vel_weight * vel
+        logs["vel"] = float(vel.detach())
     if av is not None:
         if av_weight > 0:
             loss = loss + av_weight * av.loss

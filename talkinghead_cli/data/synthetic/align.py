@@ -3,7 +3,9 @@
 pocketsphinx ships an English acoustic model and the CMU dictionary; alignment runs in
 two passes (word alignment, then phone alignment on the same audio) at 100 frames/s.
 A transcript that does not match the audio makes the first pass fail, which is
-reported as a UserError.
+reported as a UserError. Every call uses a fresh decoder: pocketsphinx adapts its feature
+normalisation from one utterance to the next, so a shared decoder made a file's alignment
+depend on the files aligned before it (and could fail a file that aligns alone).
 """
 
 from __future__ import annotations
@@ -18,19 +20,16 @@ from talkinghead_cli.data.synthetic.phonemes import ARPABET, SILENCE
 from talkinghead_cli.errors import UserError
 
 _FRAME_S = 0.01
-_DECODER = None
 
 
 def _decoder():
-    global _DECODER
-    if _DECODER is None:
-        try:
-            from pocketsphinx import Decoder
-        except ModuleNotFoundError as e:
-            raise UserError("forced alignment needs pocketsphinx", None,
-                            'install the synthesis extras: pip install -e ".[synth]"') from e
-        _DECODER = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
-    return _DECODER
+    """A new pocketsphinx decoder (English model) for one utterance."""
+    try:
+        from pocketsphinx import Decoder
+    except ModuleNotFoundError as e:
+        raise UserError("forced alignment needs pocketsphinx", None,
+                        'install the synthesis extras: pip install -e ".[synth]"') from e
+    return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
 
 
 def normalise_transcript(text: str) -> list[str]:
@@ -60,19 +59,24 @@ def align(wave: np.ndarray, text: str, source: str | Path | None = None) -> list
         raise UserError(f"words not in the aligner's dictionary: {', '.join(sorted(set(oov))[:5])}", source,
                         "spell numbers and names out in common English words")
     pcm = (np.clip(wave, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-    d.set_align_text(" ".join(words))
-    d.start_utt()
-    d.process_raw(pcm, full_utt=True)
-    d.end_utt()
-    if d.hyp() is None:
-        raise UserError("the transcript does not match the recording (alignment failed)", source,
-                        "check that the .txt file holds exactly the words spoken")
-    d.set_alignment()
-    d.start_utt()
-    d.process_raw(pcm, full_utt=True)
-    d.end_utt()
+    mismatch = UserError("the transcript does not match the recording (alignment failed)", source,
+                         "check that the .txt file holds exactly the words spoken")
+    try:
+        d.set_align_text(" ".join(words))
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        if d.hyp() is None:
+            raise mismatch
+        d.set_alignment()
+        d.start_utt()
+        d.process_raw(pcm, full_utt=True)
+        d.end_utt()
+        alignment = d.get_alignment()
+    except RuntimeError as e:  # pocketsphinx reports a failed search as RuntimeError
+        raise mismatch from e
     segs: list[tuple[float, float, str]] = []
-    for word in d.get_alignment():
+    for word in alignment:
         for ph in word:
             name = ph.name.upper()
             sym = name if name in ARPABET else SILENCE

@@ -4,8 +4,11 @@ Cohen-Massaro coarticulation: every (sub-)segment s has a target vector T_s (its
 ARKit weights) and a dominance D_s(t) = alpha * exp(-theta * |t - centre_s|), per channel
 group (jaw, lips). The weight of channel k at time t is sum_s D_s(t) T_sk / sum_s D_s(t).
 Rounded visemes spread their lip dominance ``anticipation`` times further backwards
-(anticipatory rounding). A JALI-style closure curve c(t) then shuts the lips on p/b/m:
-mouthClose = c * jawOpen and the lip-opening targets are scaled by (1 - c). Silences
+(anticipatory rounding). A JALI-style closure curve c(t), local to each p/b/m (1 over the consonant, a
+short raised-cosine release), then shuts the lips: mouthClose = c * jawOpen and the
+lip-opening targets are scaled by (1 - c); the jaw keeps its own coarticulated opening,
+so a vowel between two bilabials still opens. ``phoneme_check`` measures the result
+per phoneme against written targets. Silences
 relax to the rest pose (all zeros). The mapping lives in ``visemes.json`` beside this file.
 """
 
@@ -127,24 +130,23 @@ def articulate(segments: list[tuple[float, float, str]], num_frames: int, fps: f
 
 def closure_curve(times: np.ndarray, start: np.ndarray, end: np.ndarray, cls: list[str], mapping: dict,
                   fps: float) -> np.ndarray:
-    """(T,) bilabial closure c(t) in [0, 1]: dominance-weighted share of bilabial segments.
+    """(T,) bilabial closure c(t) in [0, 1]: a lip gesture local to each /p b m/.
 
-    A bilabial's dominance is flat (alpha) over its whole segment widened by half a frame
-    each side, so even a 20 ms /b/ shuts the lips on the frame nearest to it; it decays
-    with theta outside. Other segments use centred dominance.
+    c = 1 over each bilabial segment, widened to at least one frame period (so even a 20 ms
+    /b/ shuts the lips on the frame nearest to it), then a raised-cosine release over
+    ``mapping["closure"]["release_s"]`` seconds on both sides; the largest value over the
+    bilabials. Outside that the closure is 0, so a vowel between two bilabials keeps its own
+    lip opening and jaw (only the lips close, briefly, at the consonants).
     """
     bil = np.array([c == "bilabial" for c in cls])
     if not bil.any():
         return np.zeros(len(times))
-    a_b, t_b = mapping["closure"]["bilabial"]
-    a_o, t_o = mapping["closure"]["other"]
-    centres = 0.5 * (start + end)
-    half = np.where(bil, 0.5 * (end - start) + 0.5 / fps, 0.0)
-    dist = np.maximum(np.abs(times[None, :] - centres[:, None]) - half[:, None], 0.0)
-    alpha = np.where(bil, a_b, a_o)[:, None]
-    theta = np.where(bil, t_b, t_o)[:, None]
-    d = alpha * np.exp(-theta * dist)
-    return d[bil].sum(axis=0) / np.maximum(d.sum(axis=0), 1e-12)
+    release = float(mapping["closure"]["release_s"])
+    centres = 0.5 * (start[bil] + end[bil])
+    half = np.maximum(0.5 * (end[bil] - start[bil]), 0.5 / fps)
+    dist = np.maximum(np.abs(times[None, :] - centres[:, None]) - half[:, None], 0.0)  # (N_b, T)
+    ramp = np.where(dist < release, 0.5 * (1.0 + np.cos(np.pi * np.minimum(dist / release, 1.0))), 0.0)
+    return ramp.max(axis=0)
 
 
 def _close_lips(out, times, start, end, cls, names, mapping, fps) -> None:

@@ -23,7 +23,6 @@ keeps the utterances a previous interrupted run finished there.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import warnings
@@ -34,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from talkinghead_cli import __version__
-from talkinghead_cli.atomic import _check_parent, atomic_file
+from talkinghead_cli.atomic import _check_parent, _replace_entry, atomic_file
 from talkinghead_cli.audio import SAMPLE_RATE, save_wav
 from talkinghead_cli.data.synthetic.articulation import Style, articulate
 from talkinghead_cli.data.synthetic.rig import Rig, load_rig
@@ -192,11 +191,12 @@ def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, s
 
 
 def _prepare_work(cfg: SynthConfig, settings: dict) -> Path:
-    out = Path(cfg.out)
+    out = Path(cfg.out).absolute()  # `.` too: the work folder is named after the real folder
     parent = _check_parent(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").exists())):
-        raise UserError("the output path exists and is not an avtalk corpus", out,
-                        "choose a new or empty folder (an existing corpus is replaced)")
+        raise UserError("the output path exists and is not an avtalk corpus", cfg.out,
+                        "choose a new or empty folder (in an existing corpus only the corpus's own files "
+                        "are replaced)")
     work = parent / f".{out.name}.synth-partial"
     saved = work / "settings.json"
     if work.exists() and cfg.resume:
@@ -230,16 +230,25 @@ def _finish(work: Path, out: Path, rig: Rig, templates: dict, texts: dict, entri
     manifest = {"format": FORMAT, "generator": f"avtalk {__version__}", **manifest_extra,
                 "rig": rig.info(), "utterances": entries}
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    _check_articulation(work, rig)
     shutil.rmtree(work / "parts")
     (work / "settings.json").unlink()
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.synth-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(work, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(work.iterdir()):  # the corpus's own names only: other files in OUT stay
+        _replace_entry(entry, out / entry.name)
+    work.rmdir()
+
+
+def _check_articulation(work: Path, rig: Rig) -> None:
+    """Write the per-phoneme articulation table (``articulation.json``); warn about missed targets."""
+    from talkinghead_cli.data.synthetic import phoneme_check
+
+    targets = phoneme_check.load_targets()
+    table = phoneme_check.phoneme_table(phoneme_check.corpus_measures(work, rig), targets)
+    misses = phoneme_check.check(table, targets)
+    (work / "articulation.json").write_text(json.dumps({"table": table, "missed_targets": misses}, indent=1) + "\n")
+    for line in misses:
+        warnings.warn(f"articulation target missed: {line}", stacklevel=2)
 
 
 def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
@@ -258,6 +267,11 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     for s in subjects:
         check_voice(s["voice"])
     plan = plan_sentences(cfg, sentences, subjects)
+    from talkinghead_cli.diskspace import check_room, synth_bytes
+
+    _check_parent(Path(cfg.out))  # a bad output path is named first
+    check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
+                                    len(rig.names)), "the corpus", per_frame_files=False)  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))
     total = sum(len(v) for v in plan.values())
     done = 0
@@ -292,17 +306,18 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
 def _recording_pairs(folder: Path) -> list[tuple[Path, str]]:
     if not folder.is_dir():
         raise UserError("the recordings folder does not exist", folder, "pass a folder of WAV + TXT pairs")
+    wavs = sorted(folder.glob("*.wav"))
+    if not wavs:
+        raise UserError("no .wav files in the recordings folder", folder, "put NAME.wav + NAME.txt pairs there")
     pairs = []
-    for wav in sorted(folder.glob("*.wav")):
+    for wav in wavs:
         txt = wav.with_suffix(".txt")
-        if not txt.exists():
-            raise UserError("recording without a transcript", wav, f"add {txt.name} with the spoken words")
         try:
             pairs.append((wav, txt.read_text(encoding="utf-8").strip()))
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError("cannot read the transcript", txt, "save it as UTF-8 text") from e
-    if not pairs:
-        raise UserError("no .wav files in the recordings folder", folder, "put NAME.wav + NAME.txt pairs there")
+        except FileNotFoundError:
+            warnings.warn(f"skipped {wav}: no transcript (add {txt.name} with the spoken words)", stacklevel=2)
+        except (OSError, UnicodeDecodeError):
+            warnings.warn(f"skipped {wav}: cannot read {txt.name} (save it as UTF-8 text)", stacklevel=2)
     return pairs
 
 
@@ -310,7 +325,12 @@ def label_recordings(cfg: SynthConfig, progress: ProgressFn | None = None) -> di
     """Label a folder of WAV + TXT pairs: forced alignment, articulation, same layout.
 
     One subject (``Recorded_<folder>``) on the rig's own template; every utterance is in
-    the ``train`` split; the source file of each is kept in the manifest.
+    the ``train`` split; the source file of each is kept in the manifest. Each file is
+    aligned on its own (the result does not depend on the other files); a pair that cannot
+    be read or aligned is skipped with a warning.
+
+    Raises:
+        UserError: no pair at all could be labelled (nothing is written then).
     """
     import re
 
@@ -324,10 +344,18 @@ def label_recordings(cfg: SynthConfig, progress: ProgressFn | None = None) -> di
     name = "Recorded_" + (re.sub(r"[^A-Za-z0-9]+", "", folder.resolve().name) or "speaker")
     subj = {"name": name, "index": 0, "voice": Voice("recording", folder.name), "split": "train",
             "style": Style(blink_rate=0.3 if cfg.blinks else 0.0)}
-    speeches = []
-    for wav, text in pairs:  # align everything first: a bad pair fails before any writing
-        wave = load_audio(wav, SAMPLE_RATE)
-        speeches.append(Speech(wave=wave, segments=align(wave, text, wav)))
+    speeches, kept = [], []
+    for wav, text in pairs:  # align everything first: nothing is written unless some pair aligns
+        try:
+            wave = load_audio(wav, SAMPLE_RATE)
+            speeches.append(Speech(wave=wave, segments=align(wave, text, wav)))
+            kept.append((wav, text))
+        except UserError as e:
+            warnings.warn(f"skipped {wav.name}: {e.line()}", stacklevel=2)
+    if not kept:
+        raise UserError("no recording could be labelled (see the warnings above)", folder,
+                        "give NAME.wav + NAME.txt pairs whose text is exactly what is spoken")
+    pairs = kept
     work = _prepare_work(cfg, {"from_recordings": str(folder.resolve()), "fps": cfg.fps, "seed": cfg.seed,
                                "rig": str(cfg.rig) if cfg.rig else None, "blinks": cfg.blinks})
     entries = []

@@ -64,7 +64,7 @@ def test_a_large_output_is_announced(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(diskspace, "LARGE", 1 << 20)
     assert avtalk("animate", SPEECH, "-o", tmp_path / "out", "--no-video") == 0
     err = capsys.readouterr().err
-    assert err.count("warning:") == 1 and "will write about 3" in err and "--format npy or gltf" in err
+    assert err.count("warning:") == 1 and "will write about 6" in err and "--format npy or gltf" in err
 
 
 def test_disk_full_during_the_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):

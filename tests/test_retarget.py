@@ -262,7 +262,7 @@ def test_cli_arkit_needs_a_rig_and_uses_it(checkpoint, speech, tmp_path, capsys)
     assert avtalk("-q", "animate", speech, "-o", out, "-c", tmp_path / "rigged.pt", "--format", "arkit",
                   "--no-video") == 0
     header = (out / "arkit.csv").read_text().splitlines()[0].split(",")
-    assert header == ["time", *ARKIT_NAMES]
+    assert header == ["time_s", *ARKIT_NAMES]
     doc = json.loads((out / "arkit.json").read_text())
     w = np.asarray(doc["weights"])
     assert w.shape == (18, 52) and w.min() >= 0 and w.max() <= 1

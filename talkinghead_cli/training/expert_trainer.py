@@ -37,7 +37,7 @@ from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
-from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult, record_epoch
 
 CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not blended frames)
 
@@ -384,12 +384,7 @@ def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         loss = _train_epoch(model, opt, train_s, cache, cfg, device, mods, epoch, steps, cfg.epochs * steps, tick)
         val = _validate(model, tok, val_s, cache, device, mods)
-        score = val.get("cer_video", loss)
-        improved = not best or score < best["score"]
-        entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
-        history = history + [entry]
-        if improved:
-            best = {"epoch": epoch + 1, "score": score, "on": "val_cer_video" if val else "train_loss", **entry}
+        history, best, entry, improved = record_epoch(history, best, epoch, loss, val, "cer_video")
         _save(cfg, model, tok, corpus, settings, opt, epoch + 1, history, best, improved, size, mods)
         log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
     return ExpertTrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history,

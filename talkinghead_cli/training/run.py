@@ -26,6 +26,21 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def record_epoch(history: list[dict[str, Any]], best: dict[str, Any], epoch: int, loss: float,
+                 val: dict[str, float], key: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], bool]:
+    """Add epoch ``epoch`` (0-based) to the run's record; lower is better.
+
+    The epoch is scored by ``val[key]`` (the training loss when validation gave nothing).
+    Returns (history, best, this epoch's entry, whether it improved on best).
+    """
+    score = val.get(key, loss)
+    improved = not best or score < best["score"]
+    entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
+    if improved:
+        best = {"epoch": epoch + 1, "score": score, "on": f"val_{key}" if val else "train_loss", **entry}
+    return history + [entry], best, entry, improved
+
+
 @dataclass
 class RunFolder:
     """A run's folder, as both trainers keep it: ``last.pt`` (what ``--resume`` continues),

@@ -49,7 +49,7 @@ from talkinghead_cli.export import rig_payload
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.training.evaluate import evaluate
 from talkinghead_cli.training.losses import AVLoss, opening_indices, total_loss
-from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult, record_epoch
 
 
 class _TrainStep(torch.nn.Module):
@@ -347,12 +347,7 @@ def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, 
     """Validate, record, save last (and best) checkpoints; rank 0 only."""
     stage = acfg.stage if acfg.kind == "codetalker" else 2
     val = validate(model, val_ds, device, stage, av) if len(val_ds) else {}
-    score = val.get("lve", loss)
-    improved = not best or score < best["score"]
-    entry = {"epoch": epoch + 1, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
-    history = history + [entry]
-    if improved:
-        best = {"epoch": epoch + 1, "score": score, "on": "val_lve" if val else "train_loss", **entry}
+    history, best, entry, improved = record_epoch(history, best, epoch, loss, val, "lve")
     _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved, av)
     log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
     return history, best

@@ -23,10 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from talkinghead_cli.animate import load_animator, parse_style, predict_windowed  # noqa: E402
+from talkinghead_cli.animate import load_animator, predict_windowed  # noqa: E402
 from talkinghead_cli.audio import load_audio  # noqa: E402
 from talkinghead_cli.mesh import write_sequence  # noqa: E402
 from talkinghead_cli.pretrained import resolve  # noqa: E402
+from talkinghead_cli.style import parse_style  # noqa: E402
 from talkinghead_cli.video import render_preview  # noqa: E402
 
 

@@ -342,6 +342,14 @@ def baselines(ref: dict, recdir: Path, rig, reader: Reader | None, cache: Path) 
     return out
 
 
+def system_name(model: str) -> str:
+    """A registry name as it is; a checkpoint path by its stem, with its run folder for best/last.pt."""
+    p = Path(model)
+    if not p.exists():
+        return model
+    return f"{p.parent.name}/{p.stem}" if p.stem in ("best", "last") else p.stem
+
+
 def run_set(label: str, recdir: Path, ref: dict, models: list[str], args, rig, reader) -> dict:
     """Reference, loudness baseline and every animator on one folder of WAV + TXT pairs."""
     systems, walls = {}, {}
@@ -350,11 +358,11 @@ def run_set(label: str, recdir: Path, ref: dict, models: list[str], args, rig, r
     with tempfile.TemporaryDirectory() as tmp:
         for i, m in enumerate(models):
             seqs, walls[m] = animate_all(m, recdir, Path(tmp) / f"m{i}")
-            systems[Path(m).stem if Path(m).exists() else m] = score_system(seqs, ref, rig, reader)
+            systems[system_name(m)] = score_system(seqs, ref, rig, reader)
     secs = sum(len(u["verts"]) for u in ref["utts"].values()) / ref["fps"]
     print_table(f"{label}: {len(ref['utts'])} recordings, {secs:.1f} s of speech, {ref['fps']:g} fps "
                 f"(scored in {time.perf_counter() - t0:.0f} s; animate wall "
-                + ", ".join(f"{Path(k).stem} {v:.1f} s" for k, v in walls.items()) + ")", systems, args.verbose)
+                + ", ".join(f"{system_name(k)} {v:.1f} s" for k, v in walls.items()) + ")", systems, args.verbose)
     return {"recordings": sorted(ref["utts"]), "seconds": secs, "fps": ref["fps"], "systems": systems}
 
 

@@ -32,17 +32,17 @@ import talkinghead_cli  # noqa: F401  (before torch: the package's OpenMP spin s
 import torch
 
 from talkinghead_cli.animator import AnimatorConfig, build_animator
+from talkinghead_cli.checkpoint import read_torch_file
 from talkinghead_cli.data import vocaset
-from talkinghead_cli.data.dataset import SequenceDataset, open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import SequenceDataset, read_transcripts, write_toy_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import load_expert
 from talkinghead_cli.lipreader.losses import expert_loss
 from talkinghead_cli.lipreader.model import fold_batch_norms
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.lipreader.views import lip_video
-from talkinghead_cli.training.checkpoint import read_torch_file
 from talkinghead_cli.training.losses import av_loss, total_loss
-from talkinghead_cli.training.trainer import read_transcripts
 
 
 def _toy(root: Path, seconds: float) -> Path:

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from talkinghead_cli.config import ExpertTrainConfig
-from talkinghead_cli.data.dataset import open_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.lipreader import build_expert, config_for_size
 from talkinghead_cli.lipreader.losses import expert_loss
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
-from talkinghead_cli.lipreader.train import (
+from talkinghead_cli.training.expert_trainer import (
     LipWindowCache,
     build_samples,
     collate,

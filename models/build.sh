@@ -42,7 +42,7 @@ python - "$here" "$work" <<'PY'
 import json, sys
 from pathlib import Path
 from talkinghead_cli.pretrained import sha256
-from talkinghead_cli.training.checkpoint import release_copy  # drops optimizer state
+from talkinghead_cli.checkpoint import release_copy  # drops optimizer state
 here, work = Path(sys.argv[1]), Path(sys.argv[2])
 for run, name in (("av", "avtalk-tiny-av"), ("mse", "avtalk-tiny-mse"), ("expert", "avtalk-expert-tiny")):
     release_copy(work / "runs" / run / "best.pt", here / f"{name}.pt")

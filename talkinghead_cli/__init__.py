@@ -3,6 +3,19 @@
 Shape glossary used in every docstring of the package:
     B batch, T frames, V vertices, F faces, K blendshapes, H x W image, C channels,
     S audio samples, L tokens.
+
+Layers, bottom up; a module imports only from its own layer or below (kept by
+``tests/test_layers.py``, which also forbids import cycles):
+
+    1. errors, progress, atomic, device, jit          the foundation
+    2. audio, mesh, checkpoint, metrics, text_metrics, style, pretrained
+    3. render/, data/, phonemize, articulation_metrics  rendering, corpora
+    4. export, retarget, video                        outputs
+    5. animator/, lipreader/                          the models
+    6. config                                         the commands' settings
+    7. training/                                      both trainers (animator, expert)
+    8. animate, score                                 the library behind the commands
+    9. cli, __main__                                  the Typer shell
 """
 
 import os as _os

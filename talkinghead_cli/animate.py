@@ -32,6 +32,7 @@ import torch
 
 from talkinghead_cli.atomic import atomic_dir
 from talkinghead_cli.audio import load_audio
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import AnimateConfig
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
@@ -39,7 +40,7 @@ from talkinghead_cli.export import checkpoint_rig, write_formats
 from talkinghead_cli.mesh import Mesh, load_template
 from talkinghead_cli.pretrained import resolve
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint
+from talkinghead_cli.style import parse_style
 
 if TYPE_CHECKING:
     from talkinghead_cli.retarget import Retargeting
@@ -75,34 +76,6 @@ def load_animator(path: str | Path, device: torch.device):
         raise UserError(f"the checkpoint does not rebuild an animator ({type(e).__name__})", path,
                         "pass a checkpoint written by `avtalk train`") from e
     return model.to(device).eval(), ckpt
-
-
-def parse_style(spec: str | None, subjects: list[str], checkpoint: Path | None = None) -> torch.Tensor:
-    """Style weights over the training subjects.
-
-    Args:
-        spec: ``SUBJECT``, ``A:0.5,B:0.5`` (weights normalised to sum 1), or None for
-            the mean of all styles.
-    Returns:
-        (N_subj,) float32.
-    """
-    n = len(subjects)
-    if not spec:
-        return torch.full((n,), 1.0 / n)
-    weights = torch.zeros(n)
-    for part in spec.split(","):
-        name, _, w = part.strip().partition(":")
-        if name not in subjects:
-            raise UserError(f"unknown speaking style '{name}'", checkpoint,
-                            f"use one of: {', '.join(subjects)}")
-        try:
-            weights[subjects.index(name)] += float(w) if w else 1.0
-        except ValueError as e:
-            raise UserError(f"style weight '{w}' is not a number", None, "write --style A:0.5,B:0.5") from e
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise UserError("style weights must be non-negative and not all zero", None,
-                        "write --style A:0.5,B:0.5")
-    return weights / weights.sum()
 
 
 def resolve_template(cfg: AnimateConfig, ckpt: dict) -> Mesh:

@@ -118,13 +118,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     sys.exit(0)
 
 
-def existing_path(path: Path, what: str) -> Path:
-    """Raise a UserError if ``path`` does not exist."""
-    if not path.exists():
-        raise UserError(f"{what} not found", path, "check the path")
-    return path
-
-
 # --- render (owner: preview video) ---
 
 
@@ -161,7 +154,7 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
     animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, whisper-tiny-ct2 (pretrained, needs the speech extra), or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
     stage: Optional[int] = typer.Option(None, "--stage", help="CodeTalker stage: 1 (motion codebook) or 2."),
     config: Optional[Path] = typer.Option(None, "--config", help="train.json/.yaml whose values the flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
@@ -202,6 +195,9 @@ def train_cmd(
             how = f"resuming after epoch {event['epoch']}" if event["resumed"] else "starting"
             console.print(f"{how}: {event['train']} training / {event['val']} validation sequences on "
                           f"{event['device']} (x{event['world']})", highlight=False)
+        elif event["event"] == "features":
+            console.print(f"{event['encoder']} features: {event['cached']} cached, computing {event['compute']}",
+                          highlight=False)
         elif event["event"] == "init":
             console.print(f"initialised from {event['path']}", highlight=False)
         elif event["event"] == "expert":
@@ -219,6 +215,23 @@ def train_cmd(
         result = train(cfg, progress=progress, log=log)
     best = f", best epoch {result.best_epoch}" if result.best_epoch else ""
     out.print(f"{result.run_dir} (last.pt, best.pt{best})", highlight=False, soft_wrap=True)
+
+
+@app.command("features")
+def features_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="vocaset, biwi or synthetic."),
+    data_root: Path = typer.Option(..., "--data-root", help="The dataset folder (FaceFormer layout)."),
+    encoder: str = typer.Option("whisper-tiny-ct2", "--encoder", help="Encoder whose frozen features to cache."),
+) -> None:
+    """Compute a corpus's speech features once (resumable; `train` computes missing ones itself)."""
+    from talkinghead_cli.training.features import corpus_features
+
+    def start(todo: int, cached: int) -> None:
+        console.print(f"{encoder} features: {cached} cached, computing {todo}", highlight=False)
+
+    with progress_bar("features", unit="utterances") as progress:
+        store = corpus_features(dataset, data_root, encoder, progress=progress, on_start=start)
+    out.print(f"{store.folder} ({len(store)} utterances)", highlight=False, soft_wrap=True)
 
 
 @app.command("animate")
@@ -367,7 +380,7 @@ def finetune_expert_cmd(
 ) -> None:
     """Train the lip-reading expert on lip windows rendered from ground-truth meshes (stage 1)."""
     from talkinghead_cli.config import ExpertTrainConfig, build_config, read_config_file
-    from talkinghead_cli.lipreader.train import finetune_expert
+    from talkinghead_cli.training.expert_trainer import finetune_expert
 
     if cache is not None and no_cache:
         raise UserError("--cache and --no-cache exclude each other", cache, "pass one of them")

@@ -13,22 +13,12 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from talkinghead_cli.data.augment import AugmentConfig
 from talkinghead_cli.errors import UserError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class AugmentConfig(_Strict):
-    """Audio augmentation of training sequences (``data.augment``): each effect's probability."""
-
-    speed: float = Field(0.5, ge=0, le=1)   # tempo and pitch x0.9-1.1, vertices resampled in time
-    pitch: float = Field(0.3, ge=0, le=1)   # +-3 semitones, same tempo
-    reverb: float = Field(0.3, ge=0, le=1)  # synthetic room, RT60 0.15-0.9 s
-    band: float = Field(0.2, ge=0, le=1)    # telephone band or a 3-7 kHz low-pass
-    noise: float = Field(0.4, ge=0, le=1)   # white/pink/brown noise, SNR 5-30 dB
-    level: float = Field(0.5, ge=0, le=1)   # gain -20..+6 dB, clipped
 
 
 class TrainConfig(_Strict):

@@ -229,11 +229,6 @@ def ply_face_block(faces: np.ndarray) -> bytes:
     return rec.tobytes()
 
 
-def ply_bytes(verts: np.ndarray, faces: np.ndarray) -> bytes:
-    """One binary PLY file. verts: (V, 3), faces: (F, 3)."""
-    return ply_header(len(verts), len(faces)) + np.ascontiguousarray(verts, dtype="<f4").tobytes() + ply_face_block(faces)
-
-
 def write_obj_reference(path: str | Path, verts: np.ndarray, faces: np.ndarray) -> None:
     """Slow, readable reference: one frame through trimesh's exporter."""
     import trimesh

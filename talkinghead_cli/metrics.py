@@ -1,4 +1,4 @@
-"""Mesh-animation metrics of the field (DESIGN.md §1), so numbers compare with tables.
+"""Mesh-animation metrics with the field's formulas, so numbers compare with published tables.
 
 - **LVE** (lip vertex error): per frame, the squared L2 distance of each lip vertex
   (no square root), max over lip vertices; mean over all frames of all sequences pooled.

@@ -33,8 +33,10 @@ import torch
 from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.config import ScoreConfig
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.lipreader.expert import Expert, open_expert
 from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
+from talkinghead_cli.style import subject_style
 from talkinghead_cli.text_metrics import ErrorRate, edit_distance
 
 GT_ROW = "ground truth"
@@ -88,45 +90,16 @@ def ver(hyp: str, ref: str) -> float | None:
 # ----------------------------------------------------------------------------- expert
 
 
-@dataclass
-class Expert:
-    """A loaded lip reader and how to decode with it."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    path: Path
-    method: str  # "ctc" or "beam"
-    beam: int
-    #: lip-window settings the expert was fine-tuned with (size, margin, sigma, video_fps)
-    render: dict = field(default_factory=dict)
-
-    def read(self, video: torch.Tensor, audio: torch.Tensor | None = None) -> str:
-        """Transcribe one clip. video: (1, T25, H, W) normalised; audio: (1, S) or None."""
-        from talkinghead_cli.lipreader.decode import recognize
-
-        mode = "av" if audio is not None else "video"
-        return recognize(self.model, self.tokenizer, video=video, audio=audio, mode=mode,
-                         method=self.method, beam=self.beam)[0]
-
-
 def load_reader(cfg: ScoreConfig, device: torch.device, audio_visual: bool = False) -> Expert:
     """The expert of ``cfg.expert`` (path or registered name), checked to read lips."""
-    from talkinghead_cli.lipreader.checkpoint import load_expert
     from talkinghead_cli.pretrained import resolve
 
     path = resolve(cfg.expert, "expert")
-    model, tokenizer, ckpt = load_expert(path, device)
-    mods = model.config.modalities
-    if mods == "audio":
-        raise UserError("this expert is audio-only and cannot read lips", path,
-                        "pass an audio-visual or visual-only expert")
-    if audio_visual and mods != "av":
+    expert = open_expert(path, device, method="ctc" if cfg.beam is None else "beam", beam=cfg.beam or 1)
+    if audio_visual and expert.modalities != "av":
         raise UserError("--audio needs an audio-visual expert; this one reads video only", path,
                         "drop --audio or pass an audio-visual expert")
-    saved = (ckpt.get("extra") or {}).get("render") or {}
-    render = {k: saved[k] for k in ("size", "margin", "sigma", "video_fps") if k in saved}
-    render.setdefault("video_fps", float(model.config.fps))
-    return Expert(model, tokenizer, path, "ctc" if cfg.beam is None else "beam", cfg.beam or 1, render)
+    return expert
 
 
 def normalise_transcript(expert: Expert, text: str) -> tuple[str, list[str], list[str]]:
@@ -180,8 +153,8 @@ class Face:
 
 
 def _face_from_checkpoint(path) -> Face:
+    from talkinghead_cli.checkpoint import load_checkpoint
     from talkinghead_cli.pretrained import resolve
-    from talkinghead_cli.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(resolve(path, "animator"), kind="animator")
     arr = lambda k: None if ck.get(k) is None else ck[k].numpy()
@@ -374,24 +347,6 @@ class DatasetScore:
         return asdict(self)
 
 
-def corpus_transcripts(corpus, transcripts: Path | None) -> dict[str, str]:
-    """{utterance id: text}: from ``transcripts`` (JSON object id -> text), else from the
-    synthetic corpus' manifest and ``sentencestext/<subject>.txt`` files (line n = sentence n)."""
-    if transcripts is not None:
-        try:
-            data = json.loads(Path(transcripts).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read the transcripts ({type(e).__name__})", transcripts,
-                            'write a JSON object {"<subject>_<sentence>": "text", ...}') from e
-        if not isinstance(data, dict):
-            raise UserError("the transcripts file is not a JSON object", transcripts,
-                            'write {"<utterance id>": "text", ...}')
-        return {str(k): str(v) for k, v in data.items()}
-    from talkinghead_cli.data.dataset import read_transcripts
-
-    return read_transcripts(corpus)
-
-
 def _dataset_face(corpus, checkpoints: list) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """faces, lip and upper indices of the corpus, else of the first checkpoint."""
     faces, lip, upper = corpus.faces, corpus.lip_indices, corpus.upper_indices
@@ -409,18 +364,11 @@ def _dataset_face(corpus, checkpoints: list) -> tuple[np.ndarray, np.ndarray, np
     return faces, lip, upper
 
 
-def _style(subject: str, subjects: list[str]) -> torch.Tensor:
-    """(N_subj,) one-hot of a known subject, else the mean style."""
-    n = len(subjects)
-    if subject in subjects:
-        return torch.nn.functional.one_hot(torch.tensor(subjects.index(subject)), n).float()
-    return torch.full((n,), 1.0 / n)
-
-
 def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[list[ModelRow], dict]:
     from talkinghead_cli.animate import load_animator
     from talkinghead_cli.data.dataset import SequenceDataset
     from talkinghead_cli.pretrained import resolve
+    from talkinghead_cli.training.evaluate import evaluate
 
     faces_np, lip_np, upper_np = _dataset_face(corpus, cfg.checkpoints)
     faces = torch.as_tensor(faces_np, dtype=torch.long, device=device)
@@ -438,23 +386,22 @@ def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[lis
                                 f"the corpus has {corpus.num_verts}", ckpt, "score it on its own dataset")
             subjects, sr = list(ck["subjects"]), int(model.sample_rate)
         data = SequenceDataset(corpus, utts, sr)
-        tally, acc, hyps[name] = TextTally(), MetricAccumulator(torch.as_tensor(lip_np), upper), {}
-        for i in range(len(data)):
-            item = data[i]
-            verts = item["verts"]
-            if model is not None:
-                with torch.no_grad():
-                    pred = model.predict(item["audio"][None].to(device), item["template"][None].to(device),
-                                         _style(item["subject"], subjects)[None].to(device),
-                                         num_frames=verts.shape[0])[0].float()
-                acc.add(pred.cpu(), verts, item["template"])
-                verts = pred
-            hyp = expert.read(lip_clip(verts.to(device), faces, lip, corpus.fps, **expert.render))
-            tally.add(hyp, texts[item["id"]])
-            hyps[name][item["id"]] = hyp
+
+        def read(pred, verts, item):
+            return expert.read(lip_clip(pred[0].float(), faces, lip, corpus.fps, **expert.render))
+
+        def tick():
+            nonlocal done
             done += 1
             report(progress, done, total)
-        m = acc.result()
+
+        ev = evaluate(model, data, device, style=lambda item: subject_style(item["subject"], subjects),
+                      read=read, tick=tick, lip=torch.as_tensor(lip_np), upper=upper)
+        hyps[name] = ev.hypotheses
+        tally = TextTally()
+        for uid, hyp in ev.hypotheses.items():
+            tally.add(hyp, texts[uid])
+        m = ev.metrics
         rows.append(ModelRow(name, m.get("lve"), m.get("fdd"), m.get("mve"), utterances=len(data),
                              **tally.figures()))
     return rows, hyps
@@ -462,7 +409,8 @@ def _score_rows(cfg, corpus, utts, texts, expert, device, progress) -> tuple[lis
 
 def score_dataset(cfg: ScoreConfig, progress: ProgressFn | None = None) -> DatasetScore:
     """Score each animator checkpoint on a dataset split (module docstring)."""
-    from talkinghead_cli.data.dataset import open_corpus
+    from talkinghead_cli.data.dataset import require_transcripts
+    from talkinghead_cli.data.registry import open_corpus
     from talkinghead_cli.device import resolve_device
 
     if cfg.data_root is None:
@@ -476,12 +424,8 @@ def score_dataset(cfg: ScoreConfig, progress: ProgressFn | None = None) -> Datas
     if not utts:
         raise UserError(f"the {cfg.split} split of this corpus is empty", cfg.data_root,
                         "choose another --split")
-    texts = corpus_transcripts(corpus, cfg.transcripts)
-    missing = [u.id for u in utts if u.id not in texts]
-    if missing:
-        raise UserError(f"{len(missing)} utterance(s) have no transcript (e.g. {missing[0]})",
-                        cfg.transcripts or corpus.root,
-                        "pass --transcripts FILE (JSON: utterance id -> text) or add sentencestext/")
+    texts = require_transcripts(corpus, [u.id for u in utts], "scoring reads the lips against the text",
+                                file=cfg.transcripts)
     rows, hyps = _score_rows(cfg, corpus, utts, texts, expert, device, progress)
     notes = ["ground truth row: the recorded meshes read by the expert (its ceiling on this data)",
              "lips read visual-only; each sequence seen through a lip window fitted to itself"]

@@ -4,7 +4,7 @@
     WER = edit_distance(words(hyp), words(ref)) / len(words(ref))
 
 Both strings are normalised first as the field does (lower case, accents stripped, letters,
-apostrophes and single spaces kept; see :func:`talkinghead_cli.lipreader.tokenizer.normalize_text`),
+apostrophes and single spaces kept; see :func:`normalize_text`),
 so punctuation and case never count as errors. Corpus-level rates pool the edits and the
 reference lengths over all utterances (:class:`ErrorRate`), as published tables do, rather
 than averaging per-utterance rates.
@@ -12,8 +12,42 @@ than averaging per-utterance rates.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Normalized:
+    """Normalised text and the characters that normalisation removed (in order, unique)."""
+
+    text: str
+    dropped: list[str] = field(default_factory=list)
+
+
+def normalize_text(text: str, upper: bool = False, keep: str = "'") -> Normalized:
+    """Case-fold, strip accents, drop punctuation and other symbols, collapse spaces.
+
+    Letters a-z, the apostrophe (``keep``) and spaces stay; every other non-space
+    character is dropped and reported (hyphens and dashes become spaces).
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    out, dropped = [], []
+    for ch in decomposed:
+        if unicodedata.combining(ch):
+            continue
+        low = ch.lower()
+        if "a" <= low <= "z" or low in keep:
+            out.append(low)
+        elif ch.isspace() or ch in "-\u2010\u2011\u2012\u2013\u2014":
+            out.append(" ")
+        else:
+            out.append(" " if ch in "/_" else "")
+            if ch not in dropped:
+                dropped.append(ch)
+    clean = re.sub(r"\s+", " ", "".join(out)).strip()
+    return Normalized(clean.upper() if upper else clean, dropped)
 
 
 def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
@@ -34,8 +68,6 @@ def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
 
 def normalize(text: str) -> str:
     """Lower-case letters, apostrophes and single spaces (what CER/WER compare)."""
-    from talkinghead_cli.lipreader.tokenizer import normalize_text
-
     return normalize_text(text).text
 
 

@@ -1,10 +1,10 @@
 """Preview videos: render a mesh sequence front-on and encode it to an MP4 with sound.
 
 Frames are rendered in batches under a front camera framed once (from the template, or
-the first frame) so the head does not jump. The renderer is :func:`preview_render`, a
-non-differentiable z-buffer pass that gives the same pixels as
-``talkinghead_cli.render.render_mesh(..., sigma=0)`` (its reference, checked in the
-tests) for a fraction of the CPU time; ``render_mesh`` with anti-aliased outlines is
+the first frame) so the head does not jump. The renderer is :func:`preview_render`, the
+renderer's hard layer without gradients (:mod:`talkinghead_cli.render.preview`: the same
+pixels as ``talkinghead_cli.render.render_mesh(..., sigma=0)``, its reference, for a
+fraction of the CPU time); ``render_mesh`` with anti-aliased outlines is
 available through ``render_frames(fast=False)``. Frames (grey) are converted to uint8 and
 piped as raw ``gray`` into the ffmpeg that ships with ``imageio-ffmpeg``, which encodes
 H.264 (``yuv420p``, ``+faststart``) and muxes the audio as AAC. ffmpeg runs in its own
@@ -37,7 +37,6 @@ import soundfile as sf
 import torch
 from pydantic import BaseModel, Field
 
-from talkinghead_cli import video_jit
 from talkinghead_cli.atomic import atomic_file
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
@@ -94,109 +93,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- fast preview raster
-#
-# A preview needs no gradients, so it skips the differentiable renderer's soft outline
-# layer and its autograd recomputation: one z-buffer pass per frame, then the winning
-# face's Gouraud shading (the renderer's own normals, lights and grey albedo, lit at the
-# vertices and interpolated). The reference for it
-# is ``render_mesh(..., sigma=0)``; tests check that both give the same pixels.
-#
-# How the z-buffer pass stays fast in plain PyTorch: each face enumerates the pixel
-# centres of its own bounding box as (face, pixel) pairs; per-face plane equations (in
-# offsets from the box corner) give two barycentrics and the depth with fused multiply-
-# adds; the nearest face wins a ``scatter_reduce(amin)`` on a 64-bit key (quantised depth
-# in the high bits, face row in the low bits). Pairs are processed in chunks of ~64k so
-# the working set stays in cache.
-
-_EMPTY = 2 ** 62
-_CHUNK_PAIRS = 65_536
-_INSIDE_EPS = 1e-5  # pixel centres on a shared edge belong to both faces: no pinholes
-
-
-def _face_planes(pv: torch.Tensor, faces: torch.Tensor, height: int, width: int, cull: bool):
-    """Per-face bounding boxes and plane equations of one projected frame.
-
-    Args:
-        pv: (V, 3) pixel x, pixel y, depth (orthographic camera: depth is linear on screen).
-        faces: (F, 3) long.
-        cull: drop faces seen from behind (counter-clockwise on screen).
-    Returns:
-        fid: (F',) indices of the faces that cover at least one pixel box;
-        pairs: (F',) long pixel count of each box;
-        table: (15, F') rows ``1/w, w, first pair, a1, b1, a2, b2, az, bz, c1, c2, cz,
-        box corner pixel, j0, i0``: barycentric k (k = 1, 2) at box offset (dx, dy) is
-        ``ck + ak*dx + bk*dy``, the depth ``cz + az*dx + bz*dy``.
-    """
-    tri = pv[faces]
-    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
-    x0, y0 = x[:, 0], y[:, 0]
-    e1x, e1y, e2x, e2y = x[:, 1] - x0, y[:, 1] - y0, x[:, 2] - x0, y[:, 2] - y0
-    area2 = e1x * e2y - e2x * e1y
-    j0 = torch.ceil(x.amin(1) - 0.5).clamp(min=0)
-    j1 = torch.floor(x.amax(1) - 0.5).clamp(max=width - 1)
-    i0 = torch.ceil(y.amin(1) - 0.5).clamp(min=0)
-    i1 = torch.floor(y.amax(1) - 0.5).clamp(max=height - 1)
-    w, h = j1 - j0 + 1, i1 - i0 + 1
-    keep = (w > 0) & (h > 0) & (area2.abs() > 1e-10)
-    if cull:
-        keep &= area2 < 0  # image y points down: front faces turn clockwise on screen
-    fid = keep.nonzero().squeeze(1)
-    inv = 1.0 / area2[fid]
-    e1x, e1y, e2x, e2y = e1x[fid], e1y[fid], e2x[fid], e2y[fid]
-    a1, b1, a2, b2 = e2y * inv, -e2x * inv, -e1y * inv, e1x * inv
-    zf = z[fid]
-    dz1, dz2 = zf[:, 1] - zf[:, 0], zf[:, 2] - zf[:, 0]
-    az, bz = a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2
-    j0, i0, w, h = j0[fid], i0[fid], w[fid], h[fid]
-    pairs = (w * h).long()
-    first = (torch.cumsum(pairs, 0) - pairs).to(pv.dtype)
-    u0, v0 = j0 + 0.5 - x0[fid], i0 + 0.5 - y0[fid]  # first pixel centre relative to vertex 0
-    table = torch.stack([1.0 / w, w, first, a1, b1, a2, b2, az, bz, a1 * u0 + b1 * v0, a2 * u0 + b2 * v0,
-                         az * u0 + bz * v0 + zf[:, 0], i0 * width + j0, j0, i0], 0)
-    return fid, pairs, table
-
-
-def _zbuffer(pv: torch.Tensor, pairs: torch.Tensor, table: torch.Tensor, height: int, width: int,
-             chunk: int = _CHUNK_PAIRS) -> torch.Tensor:
-    """Nearest face per pixel. Returns (H*W,) long keys; ``key & 0xFFFFFFFF`` is the face row
-    of ``table`` (``_EMPTY`` where no face covers the pixel)."""
-    dev = pv.device
-    buf = torch.full((height * width,), _EMPTY, dtype=torch.long, device=dev)
-    if pairs.numel() == 0:
-        return buf
-    zmin, zmax = pv[:, 2].min(), pv[:, 2].max()
-    zscale = (2 ** 30 - 1) / (zmax - zmin).clamp_min(1e-9)
-    ends = torch.cumsum(pairs, 0)
-    cuts = torch.searchsorted(ends, torch.arange(chunk, int(ends[-1]) + chunk, chunk, device=dev)).tolist()
-    lo = 0
-    for hi in cuts:
-        hi = min(hi + 1, len(pairs))
-        if hi <= lo:
-            continue
-        rows = torch.repeat_interleave(torch.arange(lo, hi, device=dev), pairs[lo:hi])
-        cols = table[:13].index_select(1, rows)
-        invw, w, first, a1, b1, a2, b2, az, bz, c1, c2, cz, corner = cols.unbind(0)
-        local = torch.arange(len(rows), dtype=pv.dtype, device=dev) + float(table[2, lo]) - first
-        dy = torch.floor((local + 0.5) * invw)
-        dx = local - dy * w
-        w1 = torch.addcmul(torch.addcmul(c1, a1, dx), b1, dy)
-        w2 = torch.addcmul(torch.addcmul(c2, a2, dx), b2, dy)
-        inside = (w1 >= -_INSIDE_EPS) & (w2 >= -_INSIDE_EPS) & (w1 + w2 <= 1 + _INSIDE_EPS)
-        depth = torch.addcmul(torch.addcmul(cz, az, dx), bz, dy)
-        key = (((depth - zmin) * zscale).clamp(0, 2 ** 30 - 1).long() << 32) | rows
-        key = torch.where(inside, key, _EMPTY)
-        pix = (corner + dx + dy * width).long()
-        buf.scatter_reduce_(0, pix, key, "amin")
-        lo = hi
-    return buf
 
 
 def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool = False,
                    window: tuple[int, int, int, int] | None = None, jit: bool | None = None) -> torch.Tensor:
-    """Fast, non-differentiable front render for previews (hard edges, orthographic camera).
-
-    Same pixels as ``render_mesh(verts, faces, camera, sigma=0).images`` (grey albedo, the
-    default lights, black background), computed frame by frame without autograd.
+    """Fast, non-differentiable front render for previews (hard edges, orthographic camera):
+    :func:`talkinghead_cli.render.preview.preview_frames` (the renderer's own rasterizer, shading
+    and interpolation; ``render_mesh(verts, faces, camera, sigma=0)``'s pixels), shown as RGB.
 
     Args:
         verts: (B, V, 3) float.
@@ -205,51 +108,15 @@ def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool 
         cull: skip faces seen from behind (faster; wrong where the inside of the mesh shows).
         window: ``(top, left, height, width)`` in pixels: render only this rectangle of the
             image (the pixels it holds in the full render).
-        jit: use the compiled z-buffer of :mod:`talkinghead_cli.video_jit` (same algorithm;
-            about 4 ms instead of 25 ms for a 512² frame of the bundled face); None: when
-            numba is installed and the frames are on the CPU.
-            False: this module's PyTorch pass, the readable reference.
+        jit: the compiled kernels (None: on CPU when numba is installed); False:
+            ``render(..., sigma=0)``, the readable reference.
     Returns:
         (B, H, W, 3) float in [0, 1]; (B, height, width, 3) with ``window``.
     """
-    from talkinghead_cli.render.renderer import GREY
-    from talkinghead_cli.render.shade import Lights, lambert, vertex_normals
+    from talkinghead_cli.render.preview import preview_frames
 
-    if camera.perspective or camera.batch_size != 1:
-        raise ValueError("preview_render needs one orthographic camera")
-    height, width = camera.image_size
-    with torch.no_grad():
-        pv_all = camera.project(verts)
-        if window is not None:
-            top, left, height, width = window
-            pv_all = pv_all - pv_all.new_tensor([left, top, 0.0])
-        if jit is None:
-            jit = verts.device.type == "cpu" and video_jit.available()
-        if jit:
-            lights = Lights()
-            lit = video_jit.lit_vertices(verts.float().numpy(), faces.numpy(), camera.R[0].float().numpy(),
-                                         lights.direction_tensor(verts).float().numpy(),
-                                         lights.intensity_tensor(verts).float().numpy(), lights.ambient, GREY)
-            grey = video_jit.grey_frames(pv_all.float().numpy(), lit, faces.numpy(), height, width, cull)
-            return torch.from_numpy(grey).to(verts.dtype)[..., None].expand(-1, height, width, 3)
-        normals = torch.matmul(vertex_normals(verts, faces), camera.R.to(verts).transpose(1, 2))
-        lit = lambert(normals.reshape(-1, 3), torch.full_like(normals.reshape(-1, 3), GREY), None)
-        lit = lit[:, 0].reshape(verts.shape[0], -1)  # (B, V) Gouraud: lit once per vertex
-        grey = verts.new_zeros(verts.shape[0], height * width)
-        for b in range(verts.shape[0]):
-            fid, pairs, table = _face_planes(pv_all[b], faces, height, width, cull)
-            key = _zbuffer(pv_all[b], pairs, table, height, width)
-            pix = (key != _EMPTY).nonzero().squeeze(1)
-            row = key.index_select(0, pix) & 0xFFFFFFFF
-            a1, b1, a2, b2, c1, c2, j0, i0 = table[[3, 4, 5, 6, 9, 10, 13, 14]].index_select(1, row).unbind(0)
-            dx = (pix % width).to(verts.dtype) - j0
-            dy = torch.div(pix, width, rounding_mode="floor").to(verts.dtype) - i0
-            w1 = torch.addcmul(torch.addcmul(c1, a1, dx), b1, dy)
-            w2 = torch.addcmul(torch.addcmul(c2, a2, dx), b2, dy)
-            g = lit[b][faces[fid]].index_select(0, row)  # (M, 3) lit grey at the corners
-            g0 = g[:, 0]
-            grey[b, pix] = torch.addcmul(torch.addcmul(g0, w1, g[:, 1] - g0), w2, g[:, 2] - g0)
-    return grey.reshape(-1, height, width, 1).expand(-1, height, width, 3)
+    grey = preview_frames(verts, faces, camera, cull=cull, window=window, jit=jit).to(verts.dtype)
+    return grey[..., None].expand(*grey.shape, 3)
 
 
 @contextlib.contextmanager

@@ -12,15 +12,14 @@ from clirun import avtalk
 from talkinghead_cli.animate import (
     crossfade_weights,
     load_animator,
-    parse_style,
     predict_windowed,
     window_plan,
 )
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.training.trainer import train
 
 SUBJECTS = V.TRAIN_SUBJECTS[:2]
@@ -104,17 +103,6 @@ def test_bad_inputs_are_one_line_errors(checkpoint, speech, tmp_path, capsys):
     assert avtalk("animate", speech, "-o", out, "--checkpoint", tmp_path / "expert.pt") == 2
     assert "animator checkpoint is needed" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
-
-
-def test_parse_style():
-    subs = ["A", "B", "C"]
-    assert parse_style("B", subs).tolist() == [0, 1, 0]
-    assert parse_style("A:1,C:3", subs).tolist() == [0.25, 0, 0.75]
-    assert parse_style(None, subs).tolist() == pytest.approx([1 / 3] * 3)
-    with pytest.raises(UserError, match="A, B, C"):
-        parse_style("D", subs)
-    with pytest.raises(UserError):
-        parse_style("A:x", subs)
 
 
 # ----------------------------------------------------------------------------- windowing

@@ -5,13 +5,15 @@ import math
 import pytest
 import torch
 
-from talkinghead_cli.animator import AnimatorConfig, build_animator, one_hot_style
+from talkinghead_cli.animator import AnimatorConfig, build_animator
 from talkinghead_cli.animator.layers import (
     alibi_slopes,
     alignment_mask,
     biased_causal_mask,
     periodic_encoding,
 )
+from talkinghead_cli.errors import UserError
+from talkinghead_cli.style import mix_style, parse_style
 
 V = 30
 
@@ -95,13 +97,13 @@ def test_teacher_forcing_on_own_output_reproduces_it():
 def test_style_changes_output_and_mixes():
     model = make()
     audio, template, _ = inputs()
-    a = model.predict(audio, template, one_hot_style(model.cfg, "A"))
-    b = model.predict(audio, template, one_hot_style(model.cfg, "B"))
-    mix = one_hot_style(model.cfg, {"A": 1, "B": 1})
-    assert torch.allclose(mix, torch.tensor([[0.5, 0.5, 0.0]]))
+    a = model.predict(audio, template, parse_style("A", model.cfg.subjects)[None])
+    b = model.predict(audio, template, parse_style("B", model.cfg.subjects)[None])
+    mix = mix_style({"A": 1, "B": 1}, model.cfg.subjects)
+    assert torch.allclose(mix, torch.tensor([0.5, 0.5, 0.0]))
     assert (a - b).abs().max() > 1e-4
-    with pytest.raises(KeyError, match="known: A, B, C"):
-        one_hot_style(model.cfg, "Z")
+    with pytest.raises(UserError, match="A, B, C"):
+        mix_style({"Z": 1}, model.cfg.subjects)
 
 
 def test_training_loss_backpropagates_and_frame_count_follows_fps():

@@ -7,7 +7,8 @@ import torch
 from talkinghead_cli.config import AugmentConfig, TrainConfig
 from talkinghead_cli.data import augment as A
 from talkinghead_cli.data import vocaset as V
-from talkinghead_cli.data.dataset import SequenceDataset, open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import SequenceDataset, write_toy_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.training.losses import lip_gap_loss, opening_indices, total_loss, velocity_loss
 from talkinghead_cli.training.trainer import train
 

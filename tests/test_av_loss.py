@@ -14,24 +14,24 @@ import numpy as np
 import pytest
 import torch
 
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import (
     SequenceDataset,
-    open_corpus,
     read_transcripts,
     write_toy_corpus,
 )
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
-from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.losses import AVLoss, av_loss, total_loss
 from talkinghead_cli.training.trainer import (
-    _build_model,
-    _setup_av,
     _TrainStep,
+    build_model,
+    setup_av_loss,
     train,
 )
 
@@ -122,7 +122,7 @@ def test_one_step_with_the_av_loss_alone_moves_the_animator(corpus, expert_path)
                       av_loss=True, expert=expert_path, lambda_mse=0.0, lip_weight=0.0, lambda_av=1.0)
     data = open_corpus("vocaset", corpus, faces_from=cfg.faces_from)
     torch.manual_seed(0)
-    model, _ = _build_model(cfg, data, None)
+    model, _ = build_model(cfg, data)
     expert, tok, _ = load_expert(expert_path)
     av = AVLoss(expert, torch.as_tensor(data.faces), torch.as_tensor(data.lip_indices), data.fps)
     step = _TrainStep(model, av)
@@ -172,8 +172,8 @@ def test_lip_windows_are_rendered_as_the_expert_was_trained(corpus, tmp_path):
     cfg = TrainConfig(dataset="vocaset", data_root=corpus, faces_from=corpus / "templates" / "FLAME_sample.ply",
                       av_loss=True, expert=path)
     data = open_corpus("vocaset", corpus, faces_from=cfg.faces_from)
-    _, acfg = _build_model(cfg, data, None)
-    av = _setup_av(cfg, data, acfg, torch.device("cpu"), None, lambda e: None)
+    _, acfg = build_model(cfg, data)
+    av = setup_av_loss(cfg, data, acfg, torch.device("cpu"))
     assert av.module.render == render
     item = SequenceDataset(data, data.split("val"))[0]
     assert isinstance(av.read_lips(item["verts"][None], item["verts"][None]), str)

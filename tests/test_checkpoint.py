@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_roundtrip_weights_only(tmp_path):
@@ -41,7 +41,7 @@ def test_pickled_class_is_refused(tmp_path):
 
 
 def test_release_copy_drops_optimizer_state(tmp_path):
-    from talkinghead_cli.training.checkpoint import release_copy
+    from talkinghead_cli.checkpoint import release_copy
 
     model = torch.nn.Linear(64, 64)
     opt = torch.optim.Adam(model.parameters())

@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 
 from talkinghead_cli.data import biwi, vocaset
-from talkinghead_cli.data.dataset import (SequenceDataset, load_templates_pkl, open_corpus,
+from talkinghead_cli.data.dataset import (SequenceDataset, load_templates_pkl, read_transcripts, require_transcripts,
                                           write_toy_corpus)
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 
 TR, VA, TE = vocaset.TRAIN_SUBJECTS, vocaset.VAL_SUBJECTS, vocaset.TEST_SUBJECTS
@@ -144,3 +145,27 @@ def test_reads_a_corpus_written_by_avtalk_synth(tmp_path):
     assert c.fps == manifest["fps"] and c.faces is not None and c.lip_indices is not None
     item = SequenceDataset(c, c.utterances)[0]
     assert item["verts"].shape[1:] == (c.num_verts, 3) and item["verts"].shape[0] == c.utterances[0].num_frames
+
+
+def test_one_transcript_reader_for_every_command(voca_root, tmp_path):
+    """train --av-loss, finetune-expert and score --dataset all read transcripts through
+    require_transcripts: per-subject files, per-sentence files, a JSON file."""
+    c = open_corpus("vocaset", voca_root)
+    a = c.utterances[0]
+    b = next(u for u in c.utterances if u.subject != a.subject)
+    folder = voca_root / "sentencestext"
+    (folder / b.subject).mkdir(parents=True)
+    lines = [""] * a.sentence
+    lines[a.sentence - 1] = "from the subject file"
+    (folder / f"{a.subject}.txt").write_text("\n".join(lines))
+    (folder / b.subject / f"sentence{b.sentence:02d}.txt").write_text("from one file")
+    assert require_transcripts(c, [a.id, b.id], "x") == {a.id: "from the subject file", b.id: "from one file"}
+    missing = next(u.id for u in c.utterances if u.id not in (a.id, b.id))
+    with pytest.raises(UserError, match="why; no transcript for 1"):
+        require_transcripts(c, [a.id, missing], "why")
+    f = tmp_path / "t.json"
+    f.write_text(json.dumps({missing: "given"}))
+    assert require_transcripts(c, [missing], "why", file=f) == {missing: "given"}
+    f.write_text("[1]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        read_transcripts(c, f)

@@ -7,22 +7,23 @@ import numpy as np
 import pytest
 import torch
 
+from talkinghead_cli.checkpoint import save_checkpoint
 from talkinghead_cli.cli import main
 from talkinghead_cli.config import ExpertTrainConfig
-from talkinghead_cli.data.dataset import open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import write_toy_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.data.vocaset import TRAIN_SUBJECTS, VAL_SUBJECTS
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, config_for_size
 from talkinghead_cli.lipreader.checkpoint import load_expert
 from talkinghead_cli.lipreader.import_autoavsr import export_autoavsr_state_dict
-from talkinghead_cli.lipreader.train import (
+from talkinghead_cli.lipreader.views import lip_video
+from talkinghead_cli.training.expert_trainer import (
     LipWindowCache,
     finetune_expert,
     render_settings,
     render_windows,
 )
-from talkinghead_cli.lipreader.views import lip_video
-from talkinghead_cli.training.checkpoint import save_checkpoint
 
 TEXTS = {1: "a cat", 2: "go home", 3: "big dog", 21: "a dog"}
 

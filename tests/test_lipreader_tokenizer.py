@@ -1,8 +1,8 @@
 import pytest
 
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.lipreader.tokenizer import (CharTokenizer, SentencePieceTokenizer, normalize_text,
-                                                 tokenizer_from_state)
+from talkinghead_cli.lipreader.tokenizer import CharTokenizer, SentencePieceTokenizer, tokenizer_from_state
+from talkinghead_cli.text_metrics import normalize_text
 
 
 def test_char_vocabulary_layout():

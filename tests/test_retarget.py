@@ -225,7 +225,7 @@ def speech(tmp_path):
 
 
 def test_cli_retargets_and_exports(checkpoint, speech, tmp_path, capsys):
-    from talkinghead_cli.training.checkpoint import load_checkpoint
+    from talkinghead_cli.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     src = trimesh.Trimesh(ck["template"].numpy(), ck["faces"].numpy(), process=False)
@@ -249,7 +249,7 @@ def test_cli_retargets_and_exports(checkpoint, speech, tmp_path, capsys):
 
 def test_cli_arkit_needs_a_rig_and_uses_it(checkpoint, speech, tmp_path, capsys):
     from talkinghead_cli.data.synthetic.rig import ARKIT_NAMES
-    from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
+    from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 
     out = tmp_path / "out"
     assert avtalk("animate", speech, "-o", out, "-c", checkpoint, "--format", "arkit", "--no-video") == 2

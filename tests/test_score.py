@@ -9,13 +9,13 @@ from clirun import avtalk
 
 from talkinghead_cli.config import ScoreConfig, TrainConfig
 from talkinghead_cli.data import vocaset as V
-from talkinghead_cli.data.dataset import open_corpus, write_toy_corpus
+from talkinghead_cli.data.dataset import write_toy_corpus
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
 from talkinghead_cli.score import TextTally, ver
-from talkinghead_cli.training.checkpoint import save_checkpoint
-from talkinghead_cli.training.trainer import _build_model, _payload
+from talkinghead_cli.training.trainer import build_model, save_animator
 
 pytest.importorskip("pocketsphinx")
 
@@ -31,8 +31,8 @@ def world(tmp_path_factory):
     expert = save_expert(root / "expert.pt", build_expert(tiny_config(modalities="av")), CharTokenizer())
     corpus = open_corpus("vocaset", data)
     cfg = TrainConfig(dataset="vocaset", data_root=data, run_dir=root / "run", epochs=1)
-    model, acfg = _build_model(cfg, corpus, None)
-    animator = save_checkpoint(root / "animator.pt", _payload(model, acfg, cfg, corpus, {}))
+    model, acfg = build_model(cfg, corpus)
+    animator = save_animator(root / "animator.pt", model, acfg, cfg, corpus)
     texts = {f"{TEST}_sentence21": "a cat", f"{TEST}_sentence22": "the map"}
     (root / "texts.json").write_text(json.dumps(texts))
     gt = np.load(data / "vertices_npy" / f"{TEST}_sentence21.npy").reshape(-1, 162, 3)[::2]
@@ -203,7 +203,7 @@ def test_synthetic_corpus_transcripts_come_from_its_manifest(world, tmp_path, ca
     """The toy corpus relabelled as a synthetic corpus (manifest with texts, faces.npy)."""
     import shutil
 
-    from talkinghead_cli.score import corpus_transcripts
+    from talkinghead_cli.data.dataset import read_transcripts
 
     root = tmp_path / "synth"
     shutil.copytree(world["data"], root)
@@ -214,7 +214,7 @@ def test_synthetic_corpus_transcripts_come_from_its_manifest(world, tmp_path, ca
     (root / "manifest.json").write_text(json.dumps({"format": "avtalk-synthetic/1", "fps": 60,
                                                     "utterances": utts}))
     synth = open_corpus("synthetic", root)
-    texts = corpus_transcripts(synth, None)
+    texts = read_transcripts(synth)
     assert texts[f"{TEST}_sentence21"] == "word 21"
     out_json = tmp_path / "s.json"
     assert avtalk("score", "--dataset", "synthetic", "--data-root", root, "-c", world["animator"],
@@ -225,13 +225,13 @@ def test_synthetic_corpus_transcripts_come_from_its_manifest(world, tmp_path, ca
 
 
 def test_sentencestext_files_give_transcripts(world):
-    from talkinghead_cli.score import corpus_transcripts
+    from talkinghead_cli.data.dataset import read_transcripts
 
     folder = world["data"] / "sentencestext"
     folder.mkdir(exist_ok=True)
     (folder / f"{TEST}.txt").write_text("\n".join(f"line {n}" for n in range(1, 23)))
     try:
-        texts = corpus_transcripts(world["corpus"], None)
+        texts = read_transcripts(world["corpus"])
         assert texts[f"{TEST}_sentence22"] == "line 22" and f"{TRAIN}_sentence01" not in texts
     finally:
         (folder / f"{TEST}.txt").unlink()

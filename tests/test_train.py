@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from talkinghead_cli.checkpoint import load_checkpoint
 from talkinghead_cli.config import TrainConfig, build_config, read_config_file
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
 from talkinghead_cli.errors import UserError
-from talkinghead_cli.training.checkpoint import load_checkpoint
 from talkinghead_cli.training.trainer import _Dist, _shard, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,8 @@
 >>> verts = model.predict(audio, template, style)   # (1, T, V, 3)
 """
 
-from talkinghead_cli.animator.base import Animator, build_animator, one_hot_style
+from talkinghead_cli.animator.base import Animator
+from talkinghead_cli.animator.build import build_animator
 from talkinghead_cli.animator.config import AnimatorConfig
 
-__all__ = ["Animator", "AnimatorConfig", "build_animator", "one_hot_style"]
+__all__ = ["Animator", "AnimatorConfig", "build_animator"]

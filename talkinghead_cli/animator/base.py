@@ -1,7 +1,7 @@
-"""The animator interface shared by FaceFormer and CodeTalker, and the builder.
+"""The animator interface shared by FaceFormer and CodeTalker (the builder is in :mod:`.build`).
 
 Shapes: B batch, S audio samples, T frames, V vertices, N subjects (style width).
-Style is a convex mix of one-hot subject vectors, (B, N).
+Style is a convex mix of one-hot subject vectors, (B, N); see :mod:`talkinghead_cli.style`.
 """
 
 from __future__ import annotations
@@ -89,32 +89,3 @@ class Animator(nn.Module):
     def predict_reference(self, audio: Tensor, template: Tensor, style: Tensor,
                           num_frames: int | None = None, progress=None) -> Tensor:
         raise NotImplementedError
-
-
-def build_animator(cfg: AnimatorConfig) -> Animator:
-    """Build the model ``cfg`` describes (random weights; load a state_dict after)."""
-    if cfg.kind == "faceformer":
-        from talkinghead_cli.animator.faceformer import FaceFormer
-
-        return FaceFormer(cfg)
-    from talkinghead_cli.animator.codetalker import CodeTalker
-
-    return CodeTalker(cfg)
-
-
-def one_hot_style(cfg: AnimatorConfig, mix: dict[str, float] | str, device=None) -> Tensor:
-    """Style vector (1, N) from a subject name or a {subject: weight} mix (normalised).
-
-    Raises:
-        KeyError: an unknown subject (the message lists the known ones).
-    """
-    mix = {mix: 1.0} if isinstance(mix, str) else dict(mix)
-    style = torch.zeros(1, len(cfg.subjects), device=device)
-    for name, w in mix.items():
-        if name not in cfg.subjects:
-            raise KeyError(f"unknown subject {name!r}; known: {', '.join(cfg.subjects)}")
-        style[0, cfg.subjects.index(name)] += float(w)
-    total = style.sum()
-    if total <= 0:
-        raise KeyError("style weights must sum to a positive number")
-    return style / total

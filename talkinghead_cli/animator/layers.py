@@ -17,6 +17,7 @@ Shapes: B batch, T frames, S audio features (= T*k), d model width, H heads.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -253,3 +254,49 @@ class BiasedDecoder(nn.Module):
             cross = state["cross"][i] if self.cross else None
             x = layer.step(x, state["caches"][i], t, bias, cross)
         return x
+
+
+def resample_frames(x: Tensor, src_rate: float, src_offset: float, n_out: int,
+                    out_rate: float) -> Tensor:
+    """Linear interpolation in time.
+
+    Args:
+        x: (B, N, D), frame n centred at ``src_offset + n / src_rate`` seconds.
+        n_out: output frames, frame i centred at ``(i + 0.5) / out_rate`` seconds.
+    Returns:
+        (B, n_out, D).
+    """
+    t = (torch.arange(n_out, device=x.device, dtype=torch.float64) + 0.5) / out_rate
+    pos = ((t - src_offset) * src_rate).clamp(0, x.shape[1] - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=x.shape[1] - 1)
+    w = (pos - lo).to(x.dtype)[None, :, None]
+    return x[:, lo] * (1 - w) + x[:, hi] * w
+
+
+def crossfade_windows(fn: Callable[[int, int], Tensor], n: int, chunk: int, overlap: int) -> Tensor:
+    """Evaluate ``fn(a, b) -> (B, b - a, D)`` on overlapping windows of [0, n) and blend.
+
+    Windows are ``chunk`` long and overlap by ``overlap``; in each overlap the two results
+    are cross-faded linearly. Returns (B, n, D).
+    """
+    if n <= chunk:
+        return fn(0, n)
+    step = chunk - overlap
+    starts = list(range(0, n - overlap, step))
+    out = wsum = None
+    for i, a in enumerate(starts):
+        b = min(a + chunk, n)
+        y = fn(a, b)
+        w = torch.ones(b - a, device=y.device, dtype=y.dtype)
+        ramp = (torch.arange(overlap, device=y.device, dtype=y.dtype) + 0.5) / overlap
+        if i > 0:
+            w[:overlap] = ramp[: b - a]
+        if b < n:
+            w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+        if out is None:
+            out = y.new_zeros(y.shape[0], n, y.shape[2])
+            wsum = y.new_zeros(n)
+        out[:, a:b] += y * w[None, :, None]
+        wsum[a:b] += w
+    return out / wsum[None, :, None]

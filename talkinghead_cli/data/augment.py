@@ -25,12 +25,23 @@ from __future__ import annotations
 import numpy as np
 import soxr
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import signal
-
-from talkinghead_cli.config import AugmentConfig
 
 EFFECTS = ("speed", "pitch", "reverb", "band", "noise", "level")
 __all__ = ["AugmentConfig", "AugmentedDataset", "augment"]
+
+
+class AugmentConfig(BaseModel):
+    """Audio augmentation of training sequences: each effect's probability (0 turns it off)."""
+
+    model_config = ConfigDict(extra="forbid")
+    speed: float = Field(0.5, ge=0, le=1)   # tempo and pitch x0.9-1.1, vertices resampled in time
+    pitch: float = Field(0.3, ge=0, le=1)   # +-3 semitones, same tempo
+    reverb: float = Field(0.3, ge=0, le=1)  # synthetic room, RT60 0.15-0.9 s
+    band: float = Field(0.2, ge=0, le=1)    # telephone band or a 3-7 kHz low-pass
+    noise: float = Field(0.4, ge=0, le=1)   # white/pink/brown noise, SNR 5-30 dB
+    level: float = Field(0.5, ge=0, le=1)   # gain -20..+6 dB, clipped
 
 
 def speed(wave: np.ndarray, sr: int, factor: float) -> np.ndarray:

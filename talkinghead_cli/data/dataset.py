@@ -10,7 +10,7 @@ All three corpora (VOCASET, BIWI, synthetic) use FaceFormer's processed layout::
 
 The corpus-specific modules (:mod:`.vocaset`, :mod:`.biwi`, :func:`read_synthetic`) only
 decide how file names map to subject/sentence, the frame rate and the split of each
-utterance. Shapes: T frames, V vertices, S audio samples, F faces.
+utterance; :mod:`.registry` maps a dataset name to its reader. Shapes: T frames, V vertices, S audio samples, F faces.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 
 from talkinghead_cli.audio import SAMPLE_RATE, load_audio
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.style import subject_style
 
 SPLITS = ("train", "val", "test", "test_b")
 
@@ -302,10 +303,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         return len(self.utts)
 
     def style(self, subject: str) -> torch.Tensor:
-        subjects = self.corpus.train_subjects
-        if subject in subjects:
-            return torch.nn.functional.one_hot(torch.tensor(subjects.index(subject)), len(subjects)).float()
-        return torch.full((len(subjects),), 1.0 / len(subjects))
+        """(N_subj,): see :func:`talkinghead_cli.style.subject_style`."""
+        return subject_style(subject, self.corpus.train_subjects)
 
     def __getitem__(self, i: int) -> dict:
         u = self.utts[i]
@@ -362,27 +361,6 @@ def read_synthetic(root: str | Path, faces_from: str | Path | None = None) -> Co
                     int(manifest.get("sample_rate", SAMPLE_RATE)), templates, faces, lip, upper,
                     utts, train_subjects, extra={"manifest": manifest_path})
     return finish_corpus(corpus, root / "templates.pkl")
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-DATASETS = ("vocaset", "biwi", "synthetic")
-
-
-def open_corpus(dataset: str, root: str | Path, *, keep_60fps: bool = False,
-                faces_from: str | Path | None = None) -> Corpus:
-    """Read one of :data:`DATASETS` from ``root`` with its published split."""
-    if dataset == "vocaset":
-        from talkinghead_cli.data.vocaset import read_vocaset
-
-        return read_vocaset(root, keep_60fps=keep_60fps, faces_from=faces_from)
-    if dataset == "biwi":
-        from talkinghead_cli.data.biwi import read_biwi
-
-        return read_biwi(root, faces_from=faces_from)
-    if dataset == "synthetic":
-        return read_synthetic(root, faces_from=faces_from)
-    raise UserError(f"unknown dataset '{dataset}'", None, f"use one of {', '.join(DATASETS)}")
 
 
 # ----------------------------------------------------------------------------- toy corpus
@@ -446,13 +424,17 @@ def write_toy_corpus(
     return root
 
 
-def read_transcripts(corpus: Corpus) -> dict[str, str]:
-    """{utterance id: transcript} of every utterance that has one.
+def read_transcripts(corpus: Corpus, file: str | Path | None = None) -> dict[str, str]:
+    """{utterance id: transcript} of every utterance that has one: the one reader behind
+    ``train --av-loss``, ``finetune-expert`` and ``score --dataset``.
 
-    Sources, first found wins: an ``Utterance.text`` attribute; the synthetic corpus's
+    Sources, first found wins: ``file`` when given (a JSON object utterance id -> text, the
+    only source then); an ``Utterance.text`` attribute; the synthetic corpus's
     ``manifest.json`` (``utterances[].text``); ``sentencestext/<subject>.txt`` (line n =
     sentence n, as ``avtalk synth`` writes it); ``sentencestext/<subject>/sentenceNN.txt``.
     """
+    if file is not None:
+        return _transcripts_file(Path(file))
     texts: dict[str, str] = {}
     manifest = (corpus.extra or {}).get("manifest")
     if manifest is not None and Path(manifest).exists():
@@ -475,3 +457,29 @@ def read_transcripts(corpus: Corpus) -> dict[str, str]:
         elif one.is_file():
             texts[u.id] = one.read_text(encoding="utf-8").strip()
     return texts
+
+
+def _transcripts_file(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the transcripts ({type(e).__name__})", path,
+                        'write a JSON object {"<subject>_<sentence>": "text", ...}') from e
+    if not isinstance(data, dict):
+        raise UserError("the transcripts file is not a JSON object", path,
+                        'write {"<utterance id>": "text", ...}')
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def require_transcripts(corpus: Corpus, ids: list[str], why: str,
+                        file: str | Path | None = None) -> dict[str, str]:
+    """{id: transcript} for the utterances ``ids`` (:func:`read_transcripts`); a UserError
+    starting with ``why`` when any of them has none."""
+    texts = read_transcripts(corpus, file)
+    missing = [uid for uid in ids if uid not in texts]
+    if missing:
+        raise UserError(f"{why}; no transcript for {len(missing)} utterance(s) (e.g. {missing[0]})",
+                        file or Path(corpus.root) / "sentencestext",
+                        "add sentencestext/<subject>.txt (line n = sentence n)"
+                        + ("" if file is None else " or fix the --transcripts file"))
+    return {uid: texts[uid] for uid in ids}

@@ -1,4 +1,4 @@
-"""One-file expert checkpoints (``kind="expert"``) through :mod:`talkinghead_cli.training.checkpoint`.
+"""One-file expert checkpoints (``kind="expert"``) through :mod:`talkinghead_cli.checkpoint`.
 
 Stored: ``config`` (the :class:`ExpertConfig` as a dict), ``state_dict``, ``vocabulary``,
 ``fps`` (25), ``sample_rate`` (16000), and ``extra["tokenizer"]`` (the tokenizer kind and,
@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader.config import ExpertConfig
 from talkinghead_cli.lipreader.model import LipReader
 from talkinghead_cli.lipreader.tokenizer import tokenizer_from_state
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def save_expert(path: str | Path, model: LipReader, tokenizer, extra: dict[str, Any] | None = None) -> Path:

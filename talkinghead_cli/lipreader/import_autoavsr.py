@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
+from talkinghead_cli.checkpoint import read_torch_file
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader.config import EncoderConfig, ExpertConfig
 from talkinghead_cli.lipreader.model import LipReader
-from talkinghead_cli.training.checkpoint import read_torch_file
 
 _LAYER = [  # within one conformer layer: ours -> theirs
     ("attn.q.", "self_attn.linear_q."), ("attn.k.", "self_attn.linear_k."),

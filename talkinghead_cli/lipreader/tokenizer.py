@@ -7,50 +7,16 @@ normalisation dropped is returned so callers can tell the user.
 
 from __future__ import annotations
 
-import re
 import string
-import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from talkinghead_cli.errors import UserError
+from talkinghead_cli.text_metrics import Normalized, normalize_text
 
 BLANK, UNK, SOS_EOS = "<blank>", "<unk>", "<sos/eos>"
 CHAR_UNITS = [" ", "'"] + list(string.ascii_lowercase)
-
-
-@dataclass
-class Normalized:
-    """Normalised text and the characters that normalisation removed (in order, unique)."""
-
-    text: str
-    dropped: list[str] = field(default_factory=list)
-
-
-def normalize_text(text: str, upper: bool = False, keep: str = "'") -> Normalized:
-    """Case-fold, strip accents, drop punctuation and other symbols, collapse spaces.
-
-    Letters a-z, the apostrophe (``keep``) and spaces stay; every other non-space
-    character is dropped and reported (hyphens and dashes become spaces).
-    """
-    decomposed = unicodedata.normalize("NFKD", text)
-    out, dropped = [], []
-    for ch in decomposed:
-        if unicodedata.combining(ch):
-            continue
-        low = ch.lower()
-        if "a" <= low <= "z" or low in keep:
-            out.append(low)
-        elif ch.isspace() or ch in "-\u2010\u2011\u2012\u2013\u2014":
-            out.append(" ")
-        else:
-            out.append(" " if ch in "/_" else "")
-            if ch not in dropped:
-                dropped.append(ch)
-    clean = re.sub(r"\s+", " ", "".join(out)).strip()
-    return Normalized(clean.upper() if upper else clean, dropped)
 
 
 class CharTokenizer:

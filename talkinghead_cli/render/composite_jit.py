@@ -32,10 +32,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkinghead_cli.render import rasterize_jit
+from talkinghead_cli.jit import available, frame_spans, numba, require, run_spans  # noqa: F401  (available: re-exported)
 
-try:  # pragma: no cover - exercised where numba is installed
-    import numba
+if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True, inline="always")
     def _hard_colour(pv, vcol, faces, b, f, px, py):  # pragma: no cover - compiled
@@ -70,6 +69,18 @@ try:  # pragma: no cover - exercised where numba is installed
                 best = d2
                 out = (k, d2, t_raw, t, qx, qy, ex, ey, ee)
         return out
+
+    @numba.njit(cache=True, nogil=True)
+    def _hard_pixels(pv, vcol, faces, hmap, H, W, bg, image):  # pragma: no cover - compiled
+        """:func:`_pixels`' forward with no outline layer: the hard layer's interpolated grey,
+        ``bg`` where hmap (nb*H*W) is -1; image (nb*H*W)."""
+        for b in range(pv.shape[0]):
+            for i in range(H):
+                py = i + 0.5
+                for j in range(W):
+                    p = (b * H + i) * W + j
+                    f = hmap[p]
+                    image[p] = bg if f < 0 else _hard_colour(pv, vcol, faces, b, f, j + 0.5, py)[0]
 
     @numba.njit(cache=True, nogil=True)
     def _pixels(pv, vcol, faces, hmap, smap, H, W, bg, sigma, image, alpha, g_image, g_alpha, g_pv,
@@ -160,14 +171,6 @@ try:  # pragma: no cover - exercised where numba is installed
                     g_pv[b, i0, 0] -= g_e1x + g_e2x + g_dx
                     g_pv[b, i0, 1] -= g_e1y + g_e2y + g_dy
 
-except ImportError:  # pragma: no cover - numba absent
-    numba = None
-
-
-def available() -> bool:
-    """True when the compiled kernels can run (numba installed)."""
-    return numba is not None
-
 
 def _maps(pix: torch.Tensor, face: torch.Tensor, n: int) -> np.ndarray:
     m = np.full(n, -1, dtype=np.int64)
@@ -192,7 +195,7 @@ class _GreyComposite(torch.autograd.Function):
                     np.empty((0, 0, 0), p.dtype), no_grad)
 
         threads = torch.get_num_threads()
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
+        run_spans(kernel, frame_spans(B, threads), threads)
         ctx.save_for_backward(pv, vcol, faces)
         ctx.maps, ctx.args = (hmap, smap), (H, W, bg, sigma)
         return torch.from_numpy(image), torch.from_numpy(alpha)
@@ -217,7 +220,7 @@ class _GreyComposite(torch.autograd.Function):
                     g_pv[b0:b1], g_vcol[b0:b1])
 
         threads = torch.get_num_threads()
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
+        run_spans(kernel, frame_spans(B, threads), threads)
         return torch.from_numpy(g_pv), torch.from_numpy(g_vcol), None, None, None, None, None, None, None
 
 
@@ -242,3 +245,29 @@ def grey_composite(pv: torch.Tensor, vcol: torch.Tensor, faces: torch.Tensor, fr
         smap = _maps(frag.soft_pix, frag.soft_face, B * H * W)
     return _GreyComposite.apply(pv, vcol.to(pv.dtype), faces.long(), hmap, smap, H, W, float(bg),
                                 float(sigma) if sigma > 0 else 1.0)
+
+
+def grey_hard(pv: np.ndarray, vcol: np.ndarray, faces: np.ndarray, hmap: np.ndarray, H: int, W: int,
+              bg: float = 0.0, threads: int = 1) -> np.ndarray:
+    """Grey image of the hard layer alone (no gradients): what :func:`grey_composite` gives
+    with no soft pairs, for previews.
+
+    Args:
+        pv: (B, V, 3) float32/float64 projected vertices (orthographic); vcol: (B, V) grey of
+            each vertex; faces: (F, 3) int64; hmap: (B*H*W,) int64 hard-layer face per pixel
+            (-1: empty), e.g. from :func:`.rasterize_jit.hard_layer`.
+    Returns:
+        (B*H*W,) in pv's dtype.
+    """
+    require()
+    pv = np.ascontiguousarray(pv)
+    vcol = np.ascontiguousarray(vcol, dtype=pv.dtype)
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    n = H * W
+    image = np.empty(pv.shape[0] * n, pv.dtype)
+
+    def kernel(b0, b1):
+        _hard_pixels(pv[b0:b1], vcol[b0:b1], faces, hmap[b0 * n:b1 * n], H, W, bg, image[b0 * n:b1 * n])
+
+    run_spans(kernel, frame_spans(pv.shape[0], threads), threads)
+    return image

@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkinghead_cli.render import rasterize_jit
+from talkinghead_cli.jit import available, frame_spans, numba, run_spans  # noqa: F401  (available: re-exported)
 
-try:  # pragma: no cover - exercised where numba is installed
-    import numba
+if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True)
     def _project(verts, M, o, out):  # pragma: no cover - compiled
@@ -56,14 +55,6 @@ try:  # pragma: no cover - exercised where numba is installed
                         lo[v, r] = min(lo[v, r], p)
                         hi[v, r] = max(hi[v, r], p)
 
-except ImportError:  # pragma: no cover - numba absent
-    numba = None
-
-
-def available() -> bool:
-    """True when the compiled kernels can run (numba installed)."""
-    return numba is not None
-
 
 def affine(camera) -> tuple[torch.Tensor, torch.Tensor]:
     """``M`` (Bc, 3, 3) and ``o`` (Bc, 3) of an orthographic camera (see the module docstring)."""
@@ -91,9 +82,9 @@ class _OrthoProject(torch.autograd.Function):
         v = verts.detach().contiguous().numpy()
         out = np.empty_like(v)
         threads = _threads(v.shape[0] * v.shape[1])
-        rasterize_jit.run_spans(lambda b0, b1: _project(v[b0:b1], M if len(M) == 1 else M[b0:b1],
-                                                        o if len(o) == 1 else o[b0:b1], out[b0:b1]),
-                                rasterize_jit.frame_spans(v.shape[0], threads), threads)
+        run_spans(lambda b0, b1: _project(v[b0:b1], M if len(M) == 1 else M[b0:b1],
+                                          o if len(o) == 1 else o[b0:b1], out[b0:b1]),
+                  frame_spans(v.shape[0], threads), threads)
         ctx.M = M
         return torch.from_numpy(out)
 
@@ -103,9 +94,9 @@ class _OrthoProject(torch.autograd.Function):
         g = grad.detach().contiguous().numpy().astype(M.dtype, copy=False)
         out = np.empty_like(g)
         threads = _threads(g.shape[0] * g.shape[1])
-        rasterize_jit.run_spans(lambda b0, b1: _project_backward(g[b0:b1], M if len(M) == 1 else M[b0:b1],
-                                                                 out[b0:b1]),
-                                rasterize_jit.frame_spans(g.shape[0], threads), threads)
+        run_spans(lambda b0, b1: _project_backward(g[b0:b1], M if len(M) == 1 else M[b0:b1],
+                                                   out[b0:b1]),
+                  frame_spans(g.shape[0], threads), threads)
         return torch.from_numpy(out), None, None
 
 

@@ -19,8 +19,8 @@ faces of a silhouette edge, which lie at the same distance from a pixel up to ro
 soft kernel stops at squared distances and returns the candidates that can still win; the
 caller takes their square roots with torch and :func:`pick_soft` chooses, as the reference.
 
-Kernels work on a slice of frames and release the GIL: frames are cut into spans that the
-calling thread and a kept pool of workers take in turn (:func:`run_spans`).
+Kernels work on a slice of frames and release the GIL; the numba guard and the thread helpers
+(:func:`~talkinghead_cli.jit.run_spans`) are in :mod:`talkinghead_cli.jit`.
 numba is optional (``pip install "avtalk[fast]"``): without it :func:`available` is False and
 :func:`.rasterize.rasterize` uses the PyTorch pass. The first call of each kernel compiles it
 (a few seconds, once per dtype) and caches the machine code beside this file when it can.
@@ -28,19 +28,18 @@ numba is optional (``pip install "avtalk[fast]"``): without it :func:`available`
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from talkinghead_cli.jit import available, frame_spans, numba, run_spans  # noqa: F401  (available: re-exported)
+from talkinghead_cli.jit import require as _check
 
 # slots of the per-dtype constant vector ``c`` (so float32 arithmetic stays float32)
 _ZERO, _HALF, _ONE, _AREA_EPS, _Z_EPS, _R, _R_TOL, _TOL, _TINY = range(9)
 _SOFT_TOL = 1e-4  # as rasterize._soft_layer's prefilter tolerance
 
-try:  # pragma: no cover - exercised where numba is installed
-    import numba
+if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True)
     def _box_lo(v, r, half, n):  # pragma: no cover - compiled
@@ -300,19 +299,6 @@ try:  # pragma: no cover - exercised where numba is installed
                 best[p] = d
                 bface[p] = face[i]
 
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised where numba is missing
-    _HAVE_NUMBA = False
-
-
-def available() -> bool:
-    """True when numba is installed (the compiled layers can run)."""
-    return _HAVE_NUMBA
-
-
-def _check():
-    if not _HAVE_NUMBA:
-        raise RuntimeError("numba is not installed: pip install 'avtalk[fast]'")
 
 
 def constants(dtype, sigma: float = 0.0, cutoff: float = 0.0) -> np.ndarray:
@@ -325,50 +311,6 @@ def constants(dtype, sigma: float = 0.0, cutoff: float = 0.0) -> np.ndarray:
 def _grids(dtype, H: int, W: int):
     grid = np.arange(max(H, W) + 1, dtype=dtype)
     return grid, grid + dtype(0.5)
-
-
-def frame_spans(B: int, threads: int, per_thread: int = 8, min_frames: int = 2) -> list[tuple[int, int]]:
-    """``[(b0, b1), ...]``: B frames cut into contiguous, near-equal spans for :func:`run_spans`:
-    one span for one thread, otherwise up to ``per_thread`` spans per thread (of at least
-    ``min_frames`` frames), so that threads that finish early take more (frames differ in work:
-    an open mouth has more outlines)."""
-    n = 1 if threads <= 1 else max(1, min(threads * per_thread, B // min_frames))
-    n = min(n, B) if B else 1
-    cuts = [B * k // n for k in range(n + 1)]
-    return [(cuts[k], cuts[k + 1]) for k in range(n) if cuts[k] < cuts[k + 1]]
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A thread pool of ``workers`` threads, made once per size and kept for the process."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="avtalk-jit")
-
-
-def run_spans(kernel, spans, threads: int) -> None:
-    """Run ``kernel(b0, b1)`` over frame spans on up to ``threads`` threads: the calling thread
-    and workers of a kept pool (the kernels release the GIL) each take the next span left until
-    none is. Spans must not write to each other's frames."""
-    threads = max(1, min(threads, len(spans)))
-    if threads == 1:
-        for span in spans:
-            kernel(*span)
-        return
-    left, lock = iter(spans), threading.Lock()
-
-    def work():
-        while True:
-            with lock:
-                span = next(left, None)
-            if span is None:
-                return
-            kernel(*span)
-
-    jobs = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        for job in jobs:
-            job.result()
 
 
 def face_setup(pv: np.ndarray, faces: np.ndarray, perspective: bool, cull: bool, threads: int = 1):

@@ -29,10 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkinghead_cli.render import rasterize_jit
+from talkinghead_cli.jit import available, frame_spans, numba, run_spans  # noqa: F401  (available: re-exported)
 
-try:  # pragma: no cover - exercised where numba is installed
-    import numba
+if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True)
     def _edges(verts, b, i0, i1, i2):  # pragma: no cover - compiled
@@ -163,14 +162,6 @@ try:  # pragma: no cover - exercised where numba is installed
                 grad_v[b, i0, 1] -= gay + gby
                 grad_v[b, i0, 2] -= gaz + gbz
 
-except ImportError:  # pragma: no cover - numba absent
-    numba = None
-
-
-def available() -> bool:
-    """True when the compiled kernels can run (numba installed)."""
-    return numba is not None
-
 
 def _arrays(verts, faces, R, dirs, inten):
     """The kernels' inputs as numpy arrays in the vertices' dtype."""
@@ -193,7 +184,7 @@ class _GreyShading(torch.autograd.Function):
             _vertex_normals(v[b0:b1], f, m[b0:b1])
             _shade(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, out[b0:b1])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(B, threads), threads)
+        run_spans(kernel, frame_spans(B, threads), threads)
         ctx.save_for_backward(verts, faces, R, dirs, inten)
         ctx.m, ctx.shading = m, (ambient, albedo)  # the vertex normals (unnormalised), kept for backward
         return torch.from_numpy(out)
@@ -211,7 +202,7 @@ class _GreyShading(torch.autograd.Function):
             _shade_backward(m[b0:b1], r if len(r) == 1 else r[b0:b1], d, i, amb, alb, eps, g[b0:b1], gm[b0:b1])
             _face_backward(v[b0:b1], f, gm[b0:b1], gv[b0:b1])
 
-        rasterize_jit.run_spans(kernel, rasterize_jit.frame_spans(v.shape[0], threads), threads)
+        run_spans(kernel, frame_spans(v.shape[0], threads), threads)
         return torch.from_numpy(gv), None, None, None, None, None, None
 
 

@@ -1,6 +1,6 @@
 """Training losses added on top of an animator's own ``training_loss``.
 
-DESIGN.md §1: L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv. The animators compute L_mse
+The loss (as in the paper): L = λ_mse·L_mse + λ_av·L_av + λ_rlv·L_rlv. The animators compute L_mse
 (and CodeTalker its VQ terms) themselves; the trainer adds L_rlv, the MSE over the lip
 vertices, and L_av, the lip-reading expert's joint CTC/attention loss on lip windows
 rendered from the predicted meshes (:func:`av_loss`, :class:`AVLoss`), here.

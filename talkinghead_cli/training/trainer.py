@@ -24,11 +24,10 @@ reports the expert's visual-only CER/WER (greedy CTC) on the predicted meshes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,32 +35,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
     Corpus,
     SequenceDataset,
-    open_corpus,
-    read_transcripts,
+    require_transcripts,
 )
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.device import resolve_device
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.export import rig_payload
-from talkinghead_cli.metrics import MetricAccumulator
 from talkinghead_cli.progress import ProgressFn, report
-from talkinghead_cli.training.checkpoint import load_checkpoint, save_checkpoint
+from talkinghead_cli.training.evaluate import evaluate
 from talkinghead_cli.training.losses import AVLoss, opening_indices, total_loss
-
-LogFn = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    epochs_done: int
-    best_epoch: int | None
-    best: dict[str, float]
-    history: list[dict[str, Any]] = field(default_factory=list)
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
 
 
 class _TrainStep(torch.nn.Module):
@@ -115,7 +103,9 @@ def _shard(n: int, epoch: int, seed: int, d: _Dist) -> list[int]:
     return order[d.rank:: d.world]
 
 
-def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
+def build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None = None):
+    """The animator ``cfg`` describes for ``corpus`` (random weights) -> (model, AnimatorConfig);
+    ``saved``: the animator config of a checkpoint being resumed."""
     from talkinghead_cli.animator import AnimatorConfig, build_animator
 
     if saved is not None:
@@ -127,7 +117,9 @@ def _build_model(cfg: TrainConfig, corpus: Corpus, saved: dict | None):
     return build_animator(acfg), acfg
 
 
-def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict:
+def animator_payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict | None = None) -> dict:
+    """The one-file animator checkpoint of ``model`` trained on ``corpus`` (``state``: the run's
+    optimizer, epoch and history, kept under ``extra``)."""
     as_t = lambda a: None if a is None else torch.as_tensor(np.asarray(a))
     return {
         "kind": "animator",
@@ -143,8 +135,14 @@ def _payload(model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict) -> dict
         "rig": rig_payload(corpus),  # ARKit basis of a synthetic corpus, for `animate --format arkit`
         "upper_indices": as_t(corpus.upper_indices),
         "vocabulary": None,
-        "extra": state,
+        "extra": state or {},
     }
+
+
+def save_animator(path: str | Path, model, acfg, cfg: TrainConfig, corpus: Corpus, state: dict | None = None) -> Path:
+    """Write ``model`` as an animator checkpoint that ``avtalk animate`` and ``score`` load
+    (atomically; see :func:`animator_payload`)."""
+    return save_checkpoint(path, animator_payload(model, acfg, cfg, corpus, state))
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
@@ -161,10 +159,10 @@ def _batch(item: dict, device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(item[k][None].to(device) for k in ("audio", "template", "style", "verts"))
 
 
-@torch.no_grad()
 def validate(model, dataset: SequenceDataset, device: torch.device, stage: int = 2,
              av: _AV | None = None) -> dict[str, float]:
-    """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does.
+    """LVE, FDD, MVE over ``dataset``, predicting as ``avtalk animate`` does
+    (:func:`~talkinghead_cli.training.evaluate.evaluate`, the loop ``score --dataset`` uses).
 
     CodeTalker stage 1 (a motion autoencoder) is scored on its reconstructions. With ``av``
     also ``av_cer`` / ``av_wer``: the expert reading the predicted lips visual-only (greedy
@@ -172,24 +170,13 @@ def validate(model, dataset: SequenceDataset, device: torch.device, stage: int =
     """
     from talkinghead_cli.text_metrics import ErrorRate
 
-    rates = ErrorRate()
-    model.eval()
-    corpus = dataset.corpus
-    lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
-    upper = None if corpus.upper_indices is None else torch.as_tensor(corpus.upper_indices)
-    acc = MetricAccumulator(lip, upper)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        audio, template, style, verts = _batch(item, device)
-        if stage == 1:
-            _, _, pred = model.training_loss(audio, template, style, verts)
-        else:
-            pred = model.predict(audio, template, style, num_frames=verts.shape[1])
-        acc.add(pred[0].float().cpu(), item["verts"], item["template"])
-        if av is not None:
-            rates.add(av.read_lips(pred, verts), av.texts[item["id"]])
+    read = None if av is None else (lambda pred, verts, item: av.read_lips(pred, verts))
+    ev = evaluate(model, dataset, device, stage=stage, read=read)
     model.train()
-    result = acc.result()
+    result = dict(ev.metrics)
+    rates = ErrorRate()
+    for uid, hyp in ev.hypotheses.items():
+        rates.add(hyp, av.texts[uid])
     if av is not None and rates.count:
         result.update(av_cer=rates.cer, av_wer=rates.wer)
     return result
@@ -248,16 +235,10 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
 
 
 def _load_resume(cfg: TrainConfig) -> dict | None:
-    if not cfg.resume:
-        if (Path(cfg.run_dir) / "last.pt").exists():
-            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
-                            "pass --resume to continue it, or -o a new folder")
+    ckpt = RunFolder(Path(cfg.run_dir)).resume(cfg.resume, "animator")
+    if ckpt is None:
         return None
     last = Path(cfg.run_dir) / "last.pt"
-    if not last.exists():
-        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
-                        "drop --resume to start a new run, or pass the run's -o folder")
-    ckpt = load_checkpoint(last, kind="animator")
     saved = ckpt["config"]["train"]
     for key in ("dataset", "animator", "size", "stage"):
         if str(saved[key]) != str(getattr(cfg, key)):
@@ -272,13 +253,8 @@ def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, be
              "history": history, "best": best}
     if av is not None:
         state["av"] = av.record(cfg)
-    payload = _payload(model, acfg, cfg, corpus, state)
-    run_dir = Path(cfg.run_dir)
-    if improved:
-        save_checkpoint(run_dir / "best.pt", payload)
-    save_checkpoint(run_dir / "last.pt", payload)
-    with atomic_file(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+    payload = animator_payload(model, acfg, cfg, corpus, state)
+    RunFolder(Path(cfg.run_dir)).save(lambda path: save_checkpoint(path, payload), history, best, improved)
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | None = None) -> TrainResult:
@@ -307,12 +283,12 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
     torch.manual_seed(cfg.seed)
-    model, acfg = _build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
+    model, acfg = build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
     _check_corpus_matches(acfg, corpus, cfg)
     model.to(device)
     if resumed is None:
         _init_weights(model, acfg, cfg, log if d.main else (lambda e: None))
-    av = _setup_av(cfg, corpus, acfg, device, resumed, log if d.main else (lambda e: None))
+    av = setup_av_loss(cfg, corpus, acfg, device, resumed, log if d.main else (lambda e: None))
     opt = _optimizer(cfg, model, av)
     autocast, scaler = _autocast(device, cfg)
     start, history, best = 0, [], {}
@@ -322,6 +298,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         scaler.load_state_dict(resumed["extra"]["scaler"])
         start, history, best = (int(resumed["extra"]["epoch"]), list(resumed["extra"]["history"]),
                                 dict(resumed["extra"]["best"]))
+    _attach_feature_cache(model, corpus, progress if d.main else None, log if d.main else (lambda e: None))
     ddp = d.world > 1
     step_module = _TrainStep(model, None if av is None else av.module)
     if ddp:
@@ -333,6 +310,9 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         from talkinghead_cli.data.augment import AugmentedDataset
 
         train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
+        if getattr(model.audio_encoder, "feature_store", None) is not None and d.main:
+            log({"event": "warning", "message": f"--augment with {acfg.encoder}: augmented audio is not in the "
+                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
@@ -399,6 +379,16 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
     log({"event": "init", "path": str(cfg.init_from), "missing": len(missing), "unexpected": len(unexpected)})
 
 
+def _attach_feature_cache(model, corpus: Corpus, progress, log: LogFn) -> None:
+    """Encoders with frozen pretrained features (whisper-tiny-ct2) read them from the corpus's
+    feature cache; the missing ones are computed first (``progress`` counts utterances)."""
+    from talkinghead_cli.training.features import attach_features
+
+    utts = [u for u in corpus.utterances if u.split in ("train", "val")]
+    attach_features(model, corpus.root, utts, progress, on_start=lambda todo, cached: log(
+        {"event": "features", "encoder": model.cfg.encoder, "compute": todo, "cached": cached}))
+
+
 def _clean_run_dir(run_dir: Path) -> None:
     """Create the run folder and drop temporaries a killed run left behind."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -421,43 +411,40 @@ _AV_KEYS = ("av_loss", "expert", "lambda_mse", "lambda_av", "av_ctc_weight", "av
 
 @dataclass
 class _AV:
-    """What the AV loss needs at each step: the loss module (expert inside), the tokenizer,
-    token ids and transcripts per utterance id, and the expert's audio rate and path."""
+    """What the AV loss needs at each step: the loaded expert, the loss module built from it,
+    token ids and transcripts per utterance id, and the corpus's audio rate."""
 
+    expert: Expert
     module: AVLoss
-    tokenizer: Any
     tokens: dict[str, list[int]]
     texts: dict[str, str]
-    sample_rate: int
     corpus_rate: int
-    path: Path
 
     def inputs(self, item: dict, device) -> dict:
         """Keyword arguments of ``_TrainStep.forward`` for one dataset item."""
         audio = None
         if self.module.mode == "av":
             wave = item["audio"].numpy()
-            if self.corpus_rate != self.sample_rate:
+            if self.corpus_rate != self.expert.sample_rate:
                 from talkinghead_cli.audio import resample
 
-                wave = resample(wave, self.corpus_rate, self.sample_rate)
+                wave = resample(wave, self.corpus_rate, self.expert.sample_rate)
             audio = torch.as_tensor(wave, dtype=torch.float32)[None].to(device)
         return {"tokens": self.tokens[item["id"]], "expert_audio": audio}
 
     def read_lips(self, pred: torch.Tensor, verts: torch.Tensor) -> str:
         """Greedy-CTC visual-only transcript of pred (1, T, V, 3), windows from verts (1, T', V, 3)."""
-        from talkinghead_cli.lipreader.decode import recognize
         from talkinghead_cli.lipreader.views import lip_video
 
         t = min(pred.shape[1], verts.shape[1])
         m = self.module
         video = lip_video(pred[:, :t].float(), m.faces, m.lip, m.fps, window_from=verts[:, :t].float(),
                           **m.render)
-        return recognize(m.expert, self.tokenizer, video=video, mode="video", method="ctc")[0]
+        return self.expert.read(video)
 
     def record(self, cfg: TrainConfig) -> dict:
         """What a run checkpoint keeps about the expert (its weights too when trained jointly)."""
-        out = {"expert": str(self.path), "vocabulary": list(self.tokenizer.vocabulary),
+        out = {"expert": str(self.expert.path), "vocabulary": list(self.expert.tokenizer.vocabulary),
                "lambda_mse": cfg.lambda_mse, "lambda_av": cfg.lambda_av, "lambda_rlv": cfg.lip_weight,
                "lambda_ctc": cfg.av_ctc_weight, "lambda_ce": 1.0 - cfg.av_ctc_weight,
                "label_smoothing": cfg.av_label_smoothing, "reduction": cfg.av_reduction,
@@ -487,20 +474,19 @@ def _tokenize_all(tokenizer, texts: dict[str, str], ids: list[str], log: LogFn) 
     return tokens
 
 
-def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | None, log: LogFn) -> _AV | None:
+def setup_av_loss(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | None = None,
+                  log: LogFn = lambda e: None) -> _AV | None:
     """Load and check the expert and the transcripts for ``--av-loss`` (None without it)."""
     if not cfg.av_loss:
         return None
-    from talkinghead_cli.lipreader.checkpoint import load_expert
+    from talkinghead_cli.lipreader.expert import open_expert
 
     saved = (resumed or {}).get("extra", {}).get("av")
     if not Path(cfg.expert).is_file():
         raise UserError("the expert checkpoint was not found", cfg.expert,
                         "pass --expert RUN_DIR/best.pt from avtalk finetune-expert")
-    expert, tokenizer, ckpt = load_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None)
-    trained_on = (ckpt.get("extra") or {}).get("render") or {}  # finetune-expert's lip-window settings
-    render = {k: trained_on[k] for k in ("size", "margin", "sigma", "video_fps") if k in trained_on}
-    mods = expert.config.modalities
+    reader = open_expert(cfg.expert, device, vocabulary=saved["vocabulary"] if saved else None, reads_lips=False)
+    expert, tokenizer, mods = reader.model, reader.tokenizer, reader.modalities
     if mods == "audio" or (cfg.av_mode == "av" and mods != "av"):
         raise UserError(f"the expert reads {mods!r}, --av-mode {cfg.av_mode} needs "
                         f"{'lips' if mods == 'audio' else 'lips and speech'}", cfg.expert,
@@ -508,22 +494,17 @@ def _setup_av(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict | No
     if corpus.faces is None or corpus.lip_indices is None:
         raise UserError("--av-loss renders the lips: the dataset needs mesh faces and regions/lve.txt",
                         cfg.data_root, "pass --faces-from MESH and add regions/lve.txt")
-    texts = read_transcripts(corpus)
     needed = [u.id for u in corpus.utterances if u.split in ("train", "val")]
-    missing = [uid for uid in needed if uid not in texts]
-    if missing:
-        raise UserError(f"--av-loss needs a transcript per utterance; {len(missing)} have none "
-                        f"(e.g. {missing[0]})", Path(corpus.root) / "sentencestext",
-                        "add sentencestext/<subject>.txt (line n = sentence n)")
+    texts = require_transcripts(corpus, needed, "--av-loss needs a transcript per utterance")
     tokens = _tokenize_all(tokenizer, texts, needed, log)
     if saved and "expert_state_dict" in saved:
         expert.load_state_dict(saved["expert_state_dict"])
     module = AVLoss(expert, torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices), corpus.fps,
                     frozen=cfg.expert_mode == "frozen", mode=cfg.av_mode, ctc_weight=cfg.av_ctc_weight,
-                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction, render=render).to(device)
+                    label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction,
+                    render=reader.render).to(device)
     log({"event": "expert", "path": str(cfg.expert), "mode": cfg.expert_mode, "modalities": mods})
-    return _AV(module, tokenizer, tokens, texts, int(expert.config.sample_rate), int(acfg.sample_rate),
-               Path(cfg.expert))
+    return _AV(reader, module, tokens, texts, int(acfg.sample_rate))
 
 
 def _optimizer(cfg: TrainConfig, model, av: _AV | None) -> torch.optim.Optimizer:

@@ -7,12 +7,22 @@ same rig file always gives the same index lists. Conventions: +Y up, +Z towards 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from talkinghead_cli.data.synthetic.rig import Rig
+
+class RigLike(Protocol):
+    """What the regions read of a :class:`~talkinghead_cli.data.synthetic.rig.Rig` (this module
+    sits below the rig, which calls it while loading)."""
+
+    template: np.ndarray  # (V, 3)
+    faces: np.ndarray  # (F, 3)
+    basis: np.ndarray  # (K, V, 3)
+    names: list[str]
+    head: np.ndarray  # (V,) bool
+
+    def index(self, name: str) -> int: ...
 
 LIP_TARGETS = ("mouthFunnel", "mouthPucker", "mouthClose", "mouthRollLower", "mouthRollUpper",
                "mouthUpperUpLeft", "mouthUpperUpRight", "mouthLowerDownLeft", "mouthLowerDownRight")
@@ -52,13 +62,13 @@ def boundary_loops(faces: np.ndarray) -> list[np.ndarray]:
     return loops
 
 
-def _lip_motion(rig: "Rig") -> np.ndarray:
+def _lip_motion(rig: RigLike) -> np.ndarray:
     """(V,) largest offset of each vertex over the lip targets the rig has."""
     ks = [rig.index(n) for n in LIP_TARGETS if n in rig.names]
     return np.linalg.norm(rig.basis[ks], axis=2).max(axis=0)
 
 
-def mouth_loop(rig: "Rig") -> np.ndarray:
+def mouth_loop(rig: RigLike) -> np.ndarray:
     """Indices of the head's boundary loop that outlines the mouth opening.
 
     The loop whose vertices move most under the lip targets (mean offset); if the head
@@ -76,7 +86,7 @@ def mouth_loop(rig: "Rig") -> np.ndarray:
     return np.sort(order[: max(8, int(0.02 * rig.head.sum()))])
 
 
-def lip_indices(rig: "Rig") -> np.ndarray:
+def lip_indices(rig: RigLike) -> np.ndarray:
     """Lip vertices: near the mouth loop and in the support of the lip targets.
 
     A head vertex is a lip vertex if it lies inside an ellipse around the mouth loop's
@@ -97,7 +107,7 @@ def lip_indices(rig: "Rig") -> np.ndarray:
     return np.flatnonzero(keep).astype(np.int64)
 
 
-def upper_face_indices(rig: "Rig") -> np.ndarray:
+def upper_face_indices(rig: RigLike) -> np.ndarray:
     """Upper-face vertices (eyes, brows, forehead) for FDD.
 
     Head vertices higher than the midpoint between the mouth centre and the eyes'
@@ -121,7 +131,7 @@ def upper_face_indices(rig: "Rig") -> np.ndarray:
     return np.flatnonzero(keep).astype(np.int64)
 
 
-def lip_midline(rig: "Rig") -> tuple[np.ndarray, np.ndarray]:
+def lip_midline(rig: RigLike) -> tuple[np.ndarray, np.ndarray]:
     """Upper and lower lip vertices on the mouth loop near the mouth's centre line.
 
     Returns (upper, lower) index arrays: the loop vertices within 15% of the mouth width

@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, saved with
 ``torch.save`` and loaded with ``torch.load(weights_only=True)``; no class is pickled.
-Keys (DESIGN.md §3): ``format_version, kind, config, state_dict, template, faces, fps,
+Keys: ``format_version, kind, config, state_dict, template, faces, fps,
 sample_rate, vocabulary, subjects, lip_indices`` plus free-form ``extra`` (optimizer
 state, epoch, metrics, ...). Writes are atomic, so a kill mid-save never leaves a
 half-written file.

@@ -30,13 +30,14 @@ import numpy as np
 import torch
 
 from talkinghead_cli.atomic import atomic_file
+from talkinghead_cli.checkpoint import read_torch_file
 from talkinghead_cli.config import ExpertTrainConfig
-from talkinghead_cli.data.dataset import Corpus, Utterance, open_corpus
+from talkinghead_cli.data.dataset import Corpus, Utterance, require_transcripts
+from talkinghead_cli.data.registry import open_corpus
 from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 from talkinghead_cli.text_metrics import ErrorRate
-from talkinghead_cli.training.checkpoint import read_torch_file
-from talkinghead_cli.training.trainer import LogFn, TrainResult
+from talkinghead_cli.training.run import LogFn, RunFolder, TrainResult
 
 CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not blended frames)
 
@@ -45,38 +46,6 @@ CACHE_VERSION = 2  # 2: lip windows render the mesh interpolated to 25 fps (not 
 class ExpertTrainResult(TrainResult):
     rendered: int = 0  # utterances this run had to render (not in the cache)
     cached: int = 0  # utterances this run found in the cache
-
-
-# ----------------------------------------------------------------------------- transcripts
-
-
-def read_transcripts(corpus: Corpus, utterances: list[Utterance]) -> dict[str, str]:
-    """Transcript of each utterance -> {utterance id: text}.
-
-    The synthetic corpus keeps them in ``manifest.json``; VOCASET/BIWI-style folders may carry
-    ``sentencestext/<subject>.txt`` (line n = sentence n), which is read for any corpus.
-    Raises UserError when an utterance has none.
-    """
-    texts: dict[str, str] = {}
-    manifest = corpus.extra.get("manifest")
-    if manifest is not None:
-        for u in json.loads(Path(manifest).read_text()).get("utterances", []):
-            if u.get("text"):
-                texts[str(u["id"])] = str(u["text"])
-    folder = corpus.root / "sentencestext"
-    for u in utterances:
-        if u.id in texts:
-            continue
-        path = folder / f"{u.subject}.txt"
-        if path.exists():
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            if 1 <= u.sentence <= len(lines) and lines[u.sentence - 1].strip():
-                texts[u.id] = lines[u.sentence - 1].strip()
-    missing = [u.id for u in utterances if u.id not in texts]
-    if missing:
-        raise UserError(f"no transcript for {len(missing)} utterance(s), e.g. {missing[0]}", folder,
-                        "the expert learns from text: add sentencestext/<subject>.txt (line n = sentence n)")
-    return texts
 
 
 # ----------------------------------------------------------------------------- lip windows
@@ -325,17 +294,9 @@ def _train_epoch(model, opt, samples, cache, cfg, device, mods, epoch, steps_per
 
 def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
     last = Path(cfg.run_dir) / "last.pt"
-    if not cfg.resume:
-        if last.exists():
-            raise UserError("the run folder already holds a run (last.pt)", cfg.run_dir,
-                            "pass --resume to continue it, or -o a new folder")
+    ckpt = RunFolder(Path(cfg.run_dir)).resume(cfg.resume, "expert")
+    if ckpt is None:
         return None
-    if not last.exists():
-        raise UserError("nothing to resume: no last.pt in the run folder", cfg.run_dir,
-                        "drop --resume to start a new run, or pass the run's -o folder")
-    from talkinghead_cli.training.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(last, kind="expert")
     saved = ckpt.get("extra", {}).get("train", {})
     if str(saved.get("dataset")) != cfg.dataset:
         raise UserError(f"the run was trained on {saved.get('dataset')}, not {cfg.dataset}", last,
@@ -350,12 +311,7 @@ def _save(cfg, model, tok, corpus, settings, opt, epoch, history, best, improved
              "best": best, "train": cfg.model_dump(mode="json") | {"size": size, "modalities": mods},
              "render": settings, "lip_indices": torch.as_tensor(np.asarray(corpus.lip_indices)),
              "data_fps": float(corpus.fps), "dataset": corpus.name}
-    run_dir = Path(cfg.run_dir)
-    if improved:
-        save_expert(run_dir / "best.pt", model, tok, extra)
-    save_expert(run_dir / "last.pt", model, tok, extra)
-    with atomic_file(run_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"history": history, "best": best}, indent=1))
+    RunFolder(Path(cfg.run_dir)).save(lambda path: save_expert(path, model, tok, extra), history, best, improved)
 
 
 def _validate(model, tok, val, cache, device, mods) -> dict[str, float]:
@@ -388,7 +344,7 @@ def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
         raise UserError("the dataset carries no mesh faces to render", cfg.data_root,
                         "pass --faces-from MESH with the dataset's topology")
     train_utts, val_utts = corpus.split("train"), corpus.split("val")[: cfg.max_val]
-    texts = read_transcripts(corpus, train_utts + val_utts)
+    texts = require_transcripts(corpus, [u.id for u in train_utts + val_utts], "the expert learns from text")
     torch.manual_seed(cfg.seed)
     if resumed is None:
         model, tok, size, mods = build_or_load_expert(cfg, device, log)

@@ -23,7 +23,9 @@ Shapes: T frames, V vertices, F faces.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -86,24 +88,42 @@ def edges_of(faces: np.ndarray) -> np.ndarray:
     return np.unique(np.sort(e, axis=1), axis=0)
 
 
+@lru_cache(maxsize=8)
+def _laplacian_matrix(faces_bytes: bytes, num_verts: int):
+    """Sparse (V, V) uniform Laplacian I - D^-1 A of the triangles in ``faces_bytes`` (int64);
+    the row of a vertex in no face is 0."""
+    import torch
+
+    e = edges_of(np.frombuffer(faces_bytes, np.int64).reshape(-1, 3))
+    deg = np.bincount(e.ravel(), minlength=num_verts).astype(np.float64)
+    rows = np.concatenate([e[:, 0], e[:, 1], np.flatnonzero(deg)])
+    cols = np.concatenate([e[:, 1], e[:, 0], np.flatnonzero(deg)])
+    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
+    vals = np.concatenate([-inv[e[:, 0]], -inv[e[:, 1]], np.ones(int((deg > 0).sum()))])
+    with warnings.catch_warnings():  # torch marks sparse CSR as beta
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(vals),
+                                      (num_verts, num_verts))
+        return coo.coalesce().to_sparse_csr()
+
+
 def uniform_laplacian(x: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """x_i - mean of x over i's mesh neighbours (0 for a vertex in no face).
 
     Args:
         x: (T, V, C) per-vertex values; faces: (F, 3).
     Returns:
-        (T, V, C).
+        (T, V, C) float64.
     """
-    e = edges_of(np.asarray(faces, np.int64))
-    v = x.shape[1]
-    deg = np.bincount(e.ravel(), minlength=v).astype(np.float64)
-    nsum = np.zeros_like(x, dtype=np.float64)
-    np.add.at(nsum, (slice(None), e[:, 0]), x[:, e[:, 1]])
-    np.add.at(nsum, (slice(None), e[:, 1]), x[:, e[:, 0]])
-    has = deg > 0
-    out = np.zeros_like(x, dtype=np.float64)
-    out[:, has] = x[:, has] - nsum[:, has] / deg[has, None]
-    return out
+    import torch
+
+    xt = torch.as_tensor(np.asarray(x, np.float64))
+    t, v, c = xt.shape
+    lap = _laplacian_matrix(np.ascontiguousarray(faces, np.int64).tobytes(), v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        y = lap @ xt.permute(1, 0, 2).reshape(v, t * c)
+    return y.reshape(v, t, c).permute(1, 0, 2).numpy()
 
 
 def uniform_laplacian_reference(x: np.ndarray, faces: np.ndarray) -> np.ndarray:

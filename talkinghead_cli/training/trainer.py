@@ -27,7 +27,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -189,49 +189,92 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     return 1.0
 
 
-def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset, order: list[int],
-               cfg: TrainConfig, device, lip, ddp: bool, tick: Callable[[dict], None],
-               av: _AV | None = None, epoch: int = 0) -> float:
-    """One pass over ``order`` (epoch ``epoch``); returns the mean training loss."""
-    losses = []
-    opt.zero_grad(set_to_none=True)
-    per_epoch = -(-len(order) // cfg.batch_size)  # optimizer steps per epoch
-    opening = None
-    if lip is not None and cfg.lambda_gap > 0:
-        opening = opening_indices(torch.as_tensor(data.corpus.templates[data.corpus.train_subjects[0]]), lip)
-    for group in opt.param_groups:
-        group.setdefault("base_lr", group["lr"])
-    for i, idx in enumerate(order):
-        group_start = i - i % cfg.batch_size
-        group_size = min(cfg.batch_size, len(order) - group_start)
-        last_in_group = i == group_start + group_size - 1
-        item = data[idx]
-        audio, template, style, verts = _batch(item, device)
-        av_in = av.inputs(item, device) if av is not None and cfg.lambda_av > 0 else {}
-        sync = step_module.no_sync() if ddp and not last_in_group else contextlib.nullcontext()
-        with sync:
-            with autocast():
-                model_loss, _, pred, av_out = step_module(audio, template, style, verts, **av_in)
-                loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight, mse_weight=cfg.lambda_mse,
-                                        av=av_out, av_weight=cfg.lambda_av, opening=opening,
-                                        gap_weight=cfg.lambda_gap, vel_weight=cfg.lambda_vel)
-            scaler.scale(loss / group_size).backward()
-        if last_in_group:
-            factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-        if not math.isfinite(logs["loss"]):
-            raise UserError(f"the training loss became {logs['loss']}", cfg.run_dir,
-                            "lower --lr or check the data")
-        losses.append(logs["loss"])
-        tick(logs)
-    return float(np.mean(losses)) if losses else float("nan")
+@dataclass
+class _Loop:
+    """What every step of one run uses, built once by :func:`_train`: the animator and what
+    updates it (``step``: the :class:`_TrainStep`, DDP-wrapped when ``ddp``; optimizer, loss
+    scaler, autocast factory), the loss's fixed inputs (``lip`` indices, the mouth-opening
+    pairs ``opening``, the AV loss ``av``), what a checkpoint records (``acfg``, ``corpus``) and
+    the event log. ``history`` and ``best`` are the run's record so far (rank 0)."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    acfg: Any
+    corpus: Corpus
+    device: torch.device
+    step: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: Any
+    autocast: Callable[[], Any]
+    ddp: bool
+    lip: torch.Tensor | None
+    opening: tuple[torch.Tensor, torch.Tensor] | None
+    av: _AV | None
+    log: LogFn
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+    def run_epoch(self, data: SequenceDataset, order: list[int], epoch: int,
+                  tick: Callable[[dict], None]) -> float:
+        """One pass over ``order`` (indices into ``data``) in epoch ``epoch``; returns the mean
+        training loss. ``tick(logs)`` after every sequence."""
+        cfg, opt, scaler = self.cfg, self.opt, self.scaler
+        losses = []
+        opt.zero_grad(set_to_none=True)
+        per_epoch = -(-len(order) // cfg.batch_size)  # optimizer steps per epoch
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        for i, idx in enumerate(order):
+            group_start = i - i % cfg.batch_size
+            group_size = min(cfg.batch_size, len(order) - group_start)
+            last_in_group = i == group_start + group_size - 1
+            item = data[idx]
+            audio, template, style, verts = _batch(item, self.device)
+            av_in = self.av.inputs(item, self.device) if self.av is not None and cfg.lambda_av > 0 else {}
+            sync = self.step.no_sync() if self.ddp and not last_in_group else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    model_loss, _, pred, av_out = self.step(audio, template, style, verts, **av_in)
+                    loss, logs = total_loss(model_loss, pred, verts, self.lip, cfg.lip_weight,
+                                            mse_weight=cfg.lambda_mse, av=av_out, av_weight=cfg.lambda_av,
+                                            opening=self.opening, gap_weight=cfg.lambda_gap,
+                                            vel_weight=cfg.lambda_vel)
+                scaler.scale(loss / group_size).backward()
+            if last_in_group:
+                factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                if cfg.grad_clip:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                                   cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+            if not math.isfinite(logs["loss"]):
+                raise UserError(f"the training loss became {logs['loss']}", cfg.run_dir,
+                                "lower --lr or check the data")
+            losses.append(logs["loss"])
+            tick(logs)
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def finish_epoch(self, val_ds: SequenceDataset, epoch: int, loss: float) -> None:
+        """Validate, record, save last (and best) checkpoints, log the epoch; rank 0 only."""
+        stage = self.acfg.stage if self.acfg.kind == "codetalker" else 2
+        val = validate(self.model, val_ds, self.device, stage, self.av) if len(val_ds) else {}
+        self.history, self.best, entry, improved = record_epoch(self.history, self.best, epoch, loss, val, "lve")
+        self.save(epoch + 1, improved)
+        self.log({"event": "epoch", "epochs": self.cfg.epochs, "best": improved, **entry})
+
+    def save(self, epochs_done: int, improved: bool) -> None:
+        """``last.pt`` (and ``best.pt`` when ``improved``) and ``metrics.json`` in the run folder."""
+        state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epochs_done,
+                 "history": self.history, "best": self.best}
+        if self.av is not None:
+            state["av"] = self.av.record(self.cfg)
+        payload = animator_payload(self.model, self.acfg, self.cfg, self.corpus, state)
+        RunFolder(Path(self.cfg.run_dir)).save(lambda path: save_checkpoint(path, payload), self.history,
+                                               self.best, improved)
 
 
 def _load_resume(cfg: TrainConfig) -> dict | None:
@@ -245,16 +288,6 @@ def _load_resume(cfg: TrainConfig) -> dict | None:
             raise UserError(f"the run was trained with {key}={saved[key]}, not {getattr(cfg, key)}",
                             last, f"pass --{key} {saved[key]} or another -o folder")
     return ckpt
-
-
-def _save(cfg: TrainConfig, model, acfg, corpus, opt, scaler, epoch, history, best, improved,
-          av: _AV | None = None) -> None:
-    state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-             "history": history, "best": best}
-    if av is not None:
-        state["av"] = av.record(cfg)
-    payload = animator_payload(model, acfg, cfg, corpus, state)
-    RunFolder(Path(cfg.run_dir)).save(lambda path: save_checkpoint(path, payload), history, best, improved)
 
 
 def train(cfg: TrainConfig, progress: ProgressFn | None = None, log: LogFn | None = None) -> TrainResult:
@@ -315,6 +348,11 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
                  "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
+    opening = None
+    if lip is not None and cfg.lambda_gap > 0:
+        opening = opening_indices(torch.as_tensor(corpus.templates[corpus.train_subjects[0]]), lip)
+    loop = _Loop(cfg, model, acfg, corpus, device, step_module, opt, scaler, autocast, ddp, lip, opening, av, log,
+                 history, best)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
     total = cfg.epochs * per_epoch
     if d.main:
@@ -332,25 +370,12 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
             counter["i"] += 1
             report(progress if d.main else None, done + counter["i"], total)
 
-        loss = _run_epoch(step_module, model, opt, scaler, autocast, train_ds,
-                          _shard(len(train_ds), epoch, cfg.seed, d), cfg, device, lip, ddp, tick, av, epoch)
+        loss = loop.run_epoch(train_ds, _shard(len(train_ds), epoch, cfg.seed, d), epoch, tick)
         if d.main:
-            history, best = _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device,
-                                          epoch, loss, history, best, log, av)
+            loop.finish_epoch(val_ds, epoch, loss)
         if ddp:
             dist.barrier()
-    return TrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history)
-
-
-def _finish_epoch(cfg, model, acfg, corpus, opt, scaler, val_ds, device, epoch, loss, history, best, log,
-                  av=None):
-    """Validate, record, save last (and best) checkpoints; rank 0 only."""
-    stage = acfg.stage if acfg.kind == "codetalker" else 2
-    val = validate(model, val_ds, device, stage, av) if len(val_ds) else {}
-    history, best, entry, improved = record_epoch(history, best, epoch, loss, val, "lve")
-    _save(cfg, model, acfg, corpus, opt, scaler, epoch + 1, history, best, improved, av)
-    log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
-    return history, best
+    return TrainResult(Path(cfg.run_dir), cfg.epochs, loop.best.get("epoch"), loop.best, loop.history)
 
 
 def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:

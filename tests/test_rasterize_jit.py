@@ -187,3 +187,29 @@ def test_window_max_is_the_clipped_max_pool(H, W, h):
     ref = np.array([[[z[b, max(i - h, 0):i + h + 1, max(j - h, 0):j + h + 1].max() for j in range(W)]
                      for i in range(H)] for b in range(2)])
     np.testing.assert_array_equal(out.reshape(2, H, W), ref)
+
+
+@pytest.mark.parametrize("scene", ["sphere", "occlusion", "slit"])
+def test_hard_image_is_the_hard_layer_composited(sphere, scene):
+    """The preview's one-pass image (the hard layer's loop interpolating the grey as a face wins
+    a pixel) against the two passes it replaces: ``hard_layer``'s face map, then the compiled
+    compositing with no outline layer. Bit for bit: the same faces win, the same colour formula."""
+    from types import SimpleNamespace
+
+    from talkinghead_cli.render import composite_jit
+
+    verts, faces = {"sphere": _sphere_scene, "occlusion": _occlusion_scene, "slit": _slit_scene}[scene](sphere)
+    H, W = 40, 48
+    for dtype in (torch.float32, torch.float64):
+        for cull in (False, True):
+            cam = front_camera(torch.nan_to_num(verts[0]), (H, W), projection="ortho").to(dtype=dtype)
+            v = _through_camera(verts.to(dtype), cam) if scene == "sphere" else verts.to(dtype)
+            pv, f = cam.project(v).contiguous().numpy(), faces.numpy()
+            grey = 0.2 + 0.6 * torch.rand(v.shape[:2], generator=torch.Generator().manual_seed(1), dtype=dtype)
+            area2, valid = rasterize_jit.face_setup(pv, f, False, cull)
+            fast = rasterize_jit.hard_image(pv, f, area2, valid, grey.numpy(), H, W, bg=0.05)
+            hmap, _ = rasterize_jit.hard_layer(pv, f, area2, valid, H, W, False)
+            frag = SimpleNamespace(shape=(len(v), H, W), maps=(hmap, np.full_like(hmap, -1)))
+            ref, _ = composite_jit.grey_composite(torch.from_numpy(pv), grey, faces, frag, 0.05, 0.0)
+            assert fast.dtype == pv.dtype and np.array_equal(fast, ref.numpy())
+            assert (hmap >= 0).mean() > 0.2 and (fast[hmap < 0] == pv.dtype.type(0.05)).all()

@@ -21,6 +21,10 @@ soft outline, nearest edge ``k`` of its face, from corner ``a = k+1`` to ``b = k
 
     image = cover c_soft + (1 - cover) c_hard,  alpha = cover + (1 - cover) [p covered]
 
+The hard-layer colour is :func:`hard_setup` (once per face) then :func:`hard_at` (per pixel);
+the preview's raster pass (:func:`.rasterize_jit.hard_image`) calls the same two as a face wins
+a pixel, so its pixels are this module's with no outline layer, bit for bit.
+
 The edge ``k`` is the nearest of the three (the first on ties, as ``torch.min``); the gradient
 follows it only, through ``dist`` and ``t`` (``clamp`` passes it for ``0 <= t_raw <= 1``, as
 autograd does). Depth plays no part under an orthographic camera. Tests compare values and
@@ -32,23 +36,38 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talkinghead_cli.jit import available, frame_spans, numba, require, run_spans  # noqa: F401  (available: re-exported)
+from talkinghead_cli.jit import available, frame_spans, numba, run_spans  # noqa: F401  (available: re-exported)
 
 if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True, inline="always")
-    def _hard_colour(pv, vcol, faces, b, f, px, py):  # pragma: no cover - compiled
+    def hard_setup(pv, vcol, faces, b, f):  # pragma: no cover - compiled
+        """What the hard layer's colour needs of face f in frame b, once per face:
+        x0, y0, e1x, e1y, e2x, e2y, 1/A, c0, c1 - c0, c2 - c0 (the module docstring's names)."""
         i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
         x0, y0 = pv[b, i0, 0], pv[b, i0, 1]
         e1x, e1y = pv[b, i1, 0] - x0, pv[b, i1, 1] - y0
         e2x, e2y = pv[b, i2, 0] - x0, pv[b, i2, 1] - y0
-        dx, dy = px - x0, py - y0
         inv_a = 1.0 / (e1x * e2y - e2x * e1y)
+        c0 = vcol[b, i0]
+        return x0, y0, e1x, e1y, e2x, e2y, inv_a, c0, vcol[b, i1] - c0, vcol[b, i2] - c0
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def hard_at(setup, px, py):  # pragma: no cover - compiled
+        """The hard layer's interpolated colour at pixel centre (px, py) of the face whose
+        :func:`hard_setup` is ``setup`` -> colour, w1, w2, dx, dy."""
+        x0, y0, e1x, e1y, e2x, e2y, inv_a, c0, d1, d2 = setup
+        dx, dy = px - x0, py - y0
         w1 = (e2y * dx - e2x * dy) * inv_a
         w2 = (e1x * dy - e1y * dx) * inv_a
-        c0 = vcol[b, i0]
-        d1, d2 = vcol[b, i1] - c0, vcol[b, i2] - c0
-        return c0 + w1 * d1 + w2 * d2, w1, w2, d1, d2, e1x, e1y, e2x, e2y, dx, dy, inv_a
+        return c0 + w1 * d1 + w2 * d2, w1, w2, dx, dy
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def _hard_colour(pv, vcol, faces, b, f, px, py):  # pragma: no cover - compiled
+        setup = hard_setup(pv, vcol, faces, b, f)
+        _, _, e1x, e1y, e2x, e2y, inv_a, _, d1, d2 = setup
+        colour, w1, w2, dx, dy = hard_at(setup, px, py)
+        return colour, w1, w2, d1, d2, e1x, e1y, e2x, e2y, dx, dy, inv_a
 
     @numba.njit(cache=True, nogil=True, inline="always")
     def _nearest(pv, faces, b, f, px, py):  # pragma: no cover - compiled
@@ -69,18 +88,6 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                 best = d2
                 out = (k, d2, t_raw, t, qx, qy, ex, ey, ee)
         return out
-
-    @numba.njit(cache=True, nogil=True)
-    def _hard_pixels(pv, vcol, faces, hmap, H, W, bg, image):  # pragma: no cover - compiled
-        """:func:`_pixels`' forward with no outline layer: the hard layer's interpolated grey,
-        ``bg`` where hmap (nb*H*W) is -1; image (nb*H*W)."""
-        for b in range(pv.shape[0]):
-            for i in range(H):
-                py = i + 0.5
-                for j in range(W):
-                    p = (b * H + i) * W + j
-                    f = hmap[p]
-                    image[p] = bg if f < 0 else _hard_colour(pv, vcol, faces, b, f, j + 0.5, py)[0]
 
     @numba.njit(cache=True, nogil=True)
     def _pixels(pv, vcol, faces, hmap, smap, H, W, bg, sigma, image, alpha, g_image, g_alpha, g_pv,
@@ -246,28 +253,3 @@ def grey_composite(pv: torch.Tensor, vcol: torch.Tensor, faces: torch.Tensor, fr
     return _GreyComposite.apply(pv, vcol.to(pv.dtype), faces.long(), hmap, smap, H, W, float(bg),
                                 float(sigma) if sigma > 0 else 1.0)
 
-
-def grey_hard(pv: np.ndarray, vcol: np.ndarray, faces: np.ndarray, hmap: np.ndarray, H: int, W: int,
-              bg: float = 0.0, threads: int = 1) -> np.ndarray:
-    """Grey image of the hard layer alone (no gradients): what :func:`grey_composite` gives
-    with no soft pairs, for previews.
-
-    Args:
-        pv: (B, V, 3) float32/float64 projected vertices (orthographic); vcol: (B, V) grey of
-            each vertex; faces: (F, 3) int64; hmap: (B*H*W,) int64 hard-layer face per pixel
-            (-1: empty), e.g. from :func:`.rasterize_jit.hard_layer`.
-    Returns:
-        (B*H*W,) in pv's dtype.
-    """
-    require()
-    pv = np.ascontiguousarray(pv)
-    vcol = np.ascontiguousarray(vcol, dtype=pv.dtype)
-    faces = np.ascontiguousarray(faces, dtype=np.int64)
-    n = H * W
-    image = np.empty(pv.shape[0] * n, pv.dtype)
-
-    def kernel(b0, b1):
-        _hard_pixels(pv[b0:b1], vcol[b0:b1], faces, hmap[b0 * n:b1 * n], H, W, bg, image[b0 * n:b1 * n])
-
-    run_spans(kernel, frame_spans(pv.shape[0], threads), threads)
-    return image

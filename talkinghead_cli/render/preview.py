@@ -4,11 +4,12 @@ of ``avtalk animate``).
 The pixels are ``render_mesh(verts, faces, camera, sigma=0)``'s, through the same parts: the
 hard layer of :mod:`.rasterize` (inside test without tolerance; ties in depth go to the larger
 face index), Gouraud grey of :mod:`.shade` and the per-pixel interpolation of
-:mod:`.renderer`. On CPU with numba, the compiled kernels of those parts run directly (their
-dense face map is read as it is, without the pixel lists the differentiable path builds):
-:func:`.rasterize_jit.hard_layer`, :func:`.shade_jit.grey_vertex_shading`,
-:func:`.composite_jit.grey_hard`. Elsewhere (CUDA, no numba) :func:`preview_frames` is
-``render(..., sigma=0)`` itself, the readable reference the tests compare with.
+:mod:`.renderer`. On CPU with numba, the compiled kernels of those parts run directly:
+:func:`.shade_jit.grey_vertex_shading`, then :func:`.rasterize_jit.hard_image`, the compiled
+hard layer's own loop interpolating the grey as a face wins a pixel (the hard-layer colour of
+:mod:`.composite_jit`), so no face map and no second pass over the image. Elsewhere (CUDA, no
+numba) :func:`preview_frames` is ``render(..., sigma=0)`` itself, the readable reference the
+tests compare with.
 Shapes: B frames, V vertices, F faces, H x W image.
 """
 
@@ -18,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from talkinghead_cli.render import composite_jit, rasterize_jit, shade_jit
+from talkinghead_cli.render import rasterize_jit, shade_jit
 from talkinghead_cli.render.camera import Camera
 from talkinghead_cli.render.renderer import GREY, render
 from talkinghead_cli.render.shade import Lights
@@ -67,7 +68,6 @@ def preview_frames(verts: torch.Tensor, faces: torch.Tensor, camera: Camera, cul
         pv = camera.project(verts).contiguous().numpy()
         f = faces.contiguous().numpy()
         area2, valid = rasterize_jit.face_setup(pv, f, False, cull)
-        hmap, _ = rasterize_jit.hard_layer(pv, f, area2, valid, height, width, False)
         grey = shade_jit.grey_vertex_shading(verts, faces, camera.R, Lights(), GREY).numpy()
-        image = composite_jit.grey_hard(pv, grey, f, hmap, height, width)
+        image = rasterize_jit.hard_image(pv, f, area2, valid, grey, height, width)
     return torch.from_numpy(image).reshape(-1, height, width)

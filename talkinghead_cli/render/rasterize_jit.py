@@ -40,6 +40,7 @@ _ZERO, _HALF, _ONE, _AREA_EPS, _Z_EPS, _R, _R_TOL, _TOL, _TINY = range(9)
 _SOFT_TOL = 1e-4  # as rasterize._soft_layer's prefilter tolerance
 
 if numba is not None:  # pragma: no cover - exercised where numba is installed
+    from talkinghead_cli.render.composite_jit import hard_at, hard_setup
 
     @numba.njit(cache=True, nogil=True)
     def _box_lo(v, r, half, n):  # pragma: no cover - compiled
@@ -85,9 +86,13 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
 
     @numba.njit(cache=True, nogil=True)
     def _hard(pv, faces, area2, valid, H, W, perspective, signed_zero, c, grid, grid_half,
-              zbuf, fbuf):  # pragma: no cover - compiled
-        """Nearest covering face per pixel: fills zbuf (B*H*W) (inf = empty) and fbuf (-1)."""
+              zbuf, fbuf, vcol, image):  # pragma: no cover - compiled
+        """Nearest covering face per pixel: fills zbuf (B*H*W) (inf = empty) and, unless empty,
+        fbuf (B*H*W) (the face, -1 = none) and image (B*H*W) (the winning face's colour vcol
+        (B, V) interpolated at the pixel centre, :func:`.composite_jit.hard_at`; set each time
+        a face wins the pixel, so it ends as the nearest face's)."""
         zero, half, one = c[_ZERO], c[_HALF], c[_ONE]
+        face_map, shade = fbuf.shape[0] > 0, image.shape[0] > 0
         for b in range(pv.shape[0]):
             base = b * H * W
             for f in range(faces.shape[0]):
@@ -104,6 +109,8 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                 else:
                     q0, q1, q2 = z0, z1, z2
                 dz1, dz2 = q1 - q0, q2 - q0
+                if shade:
+                    colour = hard_setup(pv, vcol, faces, b, f)
                 a1, b1, a2, b2 = e2y * inv_a, -e2x * inv_a, -e1y * inv_a, e1x * inv_a
                 zc1, zc2 = a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2
                 cx, cy = grid_half[xl] - x0, grid_half[yl] - y0  # first pixel centre - vertex 0
@@ -122,7 +129,10 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                             if d < cur or (d == cur and not (signed_zero and d == zero and math.copysign(1.0, cur) < 0
                                                              and math.copysign(1.0, d) > 0)):
                                 zbuf[p] = d
-                                fbuf[p] = f
+                                if face_map:
+                                    fbuf[p] = f
+                                if shade:
+                                    image[p] = hard_at(colour, j + 0.5, i + 0.5)[0]
 
     @numba.njit(cache=True, nogil=True)
     def _running_max(x, k, g, r):  # pragma: no cover - compiled
@@ -346,13 +356,44 @@ def hard_layer(pv, faces, area2, valid, H: int, W: int, perspective: bool, threa
     dt = pv.dtype.type
     c, (grid, grid_half) = constants(dt), _grids(dt, H, W)
     signed_zero = pv.dtype == np.float32  # the reference's float32 keys order -0.0 before +0.0
+    no_vcol, no_image = np.empty((0, 0), pv.dtype), np.empty(0, pv.dtype)
 
     def kernel(b0, b1):
         _hard(pv[b0:b1], faces, area2[b0:b1], valid[b0:b1], H, W, perspective, signed_zero, c, grid,
-              grid_half, zbuf[b0 * n:b1 * n], fbuf[b0 * n:b1 * n])
+              grid_half, zbuf[b0 * n:b1 * n], fbuf[b0 * n:b1 * n], no_vcol, no_image)
 
     run_spans(kernel, frame_spans(B, threads), threads)
     return fbuf, zbuf
+
+
+def hard_image(pv, faces, area2, valid, vcol, H: int, W: int, bg: float = 0.0, threads: int = 1):
+    """The hard layer's image alone, in the raster pass: per pixel, the nearest covering face's
+    ``vcol`` interpolated at the pixel centre (:func:`.composite_jit.hard_at`, the hard-layer
+    colour of :func:`.composite_jit.grey_composite`), ``bg`` where no face covers it. Same faces
+    win as in :func:`hard_layer` (same loop, same tie rule); no face map is kept. For previews.
+
+    Args:
+        pv: (B, V, 3) orthographic projected vertices; faces: (F, 3) int64; area2, valid: (B, F)
+            from :func:`face_setup`; vcol: (B, V) colour (grey) of each vertex.
+    Returns:
+        (B*H*W,) in pv's dtype.
+    """
+    _check()
+    B, n = pv.shape[0], H * W
+    vcol = np.ascontiguousarray(vcol, dtype=pv.dtype)
+    zbuf = np.full(B * n, np.inf, dtype=pv.dtype)
+    image = np.full(B * n, bg, dtype=pv.dtype)
+    no_faces = np.empty(0, dtype=np.int64)
+    dt = pv.dtype.type
+    c, (grid, grid_half) = constants(dt), _grids(dt, H, W)
+    signed_zero = pv.dtype == np.float32
+
+    def kernel(b0, b1):
+        _hard(pv[b0:b1], faces, area2[b0:b1], valid[b0:b1], H, W, False, signed_zero, c, grid, grid_half,
+              zbuf[b0 * n:b1 * n], no_faces, vcol[b0:b1], image[b0 * n:b1 * n])
+
+    run_spans(kernel, frame_spans(B, threads), threads)
+    return image
 
 
 def soft_layer(pv, faces, neighbours, area2, valid, zmap, H: int, W: int, perspective: bool,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -265,31 +265,82 @@ def evaluate(model, tokenizer, samples: list[Sample], cache: LipWindowCache, dev
     return rates, pairs
 
 
-def _train_epoch(model, opt, samples, cache, cfg, device, mods, epoch, steps_per_epoch, total_steps,
-                 tick) -> float:
-    from talkinghead_cli.lipreader.losses import expert_loss
+@dataclass
+class _Loop:
+    """What every epoch of one fine-tuning run uses, built once by :func:`finetune_expert` (as
+    the animator trainer's ``_Loop``): the expert, its tokenizer, the optimizer, the window
+    cache, the resolved size and modalities, what a checkpoint records (``corpus``, the render
+    ``settings``), optimizer steps per epoch and the event log. ``history`` and ``best`` are the
+    run's record so far."""
 
-    model.train()
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    losses = []
-    for k in range(steps_per_epoch):
-        batch = [samples[j] for j in order[k * cfg.batch_size: (k + 1) * cfg.batch_size].tolist()]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(epoch * steps_per_epoch + k, total_steps, cfg)
-        video, audio, lengths, targets = collate(batch, cache, device, mods == "av")
-        out = expert_loss(model, targets, video=video, audio=audio, lengths=lengths, mode=mods,
-                          ctc_weight=cfg.ctc_weight, label_smoothing=cfg.label_smoothing,
-                          reduction=cfg.loss_reduction)
-        if not torch.isfinite(out.loss):
-            raise UserError(f"the training loss became {float(out.loss)}", cfg.run_dir, "lower --lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(float(out.loss.detach()))
-        tick(len(batch))
-    return float(np.mean(losses)) if losses else float("nan")
+    cfg: ExpertTrainConfig
+    model: torch.nn.Module
+    tok: Any
+    opt: torch.optim.Optimizer
+    cache: LipWindowCache
+    corpus: Corpus
+    settings: dict[str, Any]
+    device: torch.device
+    size: str
+    mods: str
+    steps: int
+    log: LogFn
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+    def run_epoch(self, samples: list[Sample], epoch: int, tick) -> float:
+        """One pass over ``samples`` in a seeded order (epoch ``epoch``); returns the mean training
+        loss. ``tick(n)`` after every batch of n utterances."""
+        from talkinghead_cli.lipreader.losses import expert_loss
+
+        cfg, model, opt = self.cfg, self.model, self.opt
+        model.train()
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        losses = []
+        for k in range(self.steps):
+            batch = [samples[j] for j in order[k * cfg.batch_size: (k + 1) * cfg.batch_size].tolist()]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * self.steps + k, cfg.epochs * self.steps, cfg)
+            video, audio, lengths, targets = collate(batch, self.cache, self.device, self.mods == "av")
+            out = expert_loss(model, targets, video=video, audio=audio, lengths=lengths, mode=self.mods,
+                              ctc_weight=cfg.ctc_weight, label_smoothing=cfg.label_smoothing,
+                              reduction=cfg.loss_reduction)
+            if not torch.isfinite(out.loss):
+                raise UserError(f"the training loss became {float(out.loss)}", cfg.run_dir,
+                                "lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            losses.append(float(out.loss.detach()))
+            tick(len(batch))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def finish_epoch(self, val: list[Sample], epoch: int, loss: float) -> None:
+        """Validate (greedy-CTC CER/WER), record, save last (and best) checkpoints, log the epoch."""
+        modes = ("video", "av") if self.mods == "av" else ("video",)
+        scores: dict[str, float] = {}
+        for mode in modes if val else ():
+            rates, _ = evaluate(self.model, self.tok, val, self.cache, self.device, mode)
+            scores[f"cer_{mode}"], scores[f"wer_{mode}"] = rates.cer, rates.wer
+        self.history, self.best, entry, improved = record_epoch(self.history, self.best, epoch, loss, scores,
+                                                                "cer_video")
+        self.save(epoch + 1, improved)
+        self.log({"event": "epoch", "epochs": self.cfg.epochs, "best": improved, **entry})
+
+    def save(self, epochs_done: int, improved: bool) -> None:
+        """``last.pt`` (and ``best.pt`` when ``improved``) and ``metrics.json`` in the run folder."""
+        from talkinghead_cli.lipreader.checkpoint import save_expert
+
+        cfg, corpus = self.cfg, self.corpus
+        extra = {"epoch": epochs_done, "optimizer": self.opt.state_dict(), "metrics": self.history[-1],
+                 "history": self.history, "best": self.best,
+                 "train": cfg.model_dump(mode="json") | {"size": self.size, "modalities": self.mods},
+                 "render": self.settings, "lip_indices": torch.as_tensor(np.asarray(corpus.lip_indices)),
+                 "data_fps": float(corpus.fps), "dataset": corpus.name}
+        RunFolder(Path(cfg.run_dir)).save(lambda path: save_expert(path, self.model, self.tok, extra), self.history,
+                                          self.best, improved)
 
 
 def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
@@ -302,26 +353,6 @@ def _load_resume(cfg: ExpertTrainConfig) -> dict | None:
         raise UserError(f"the run was trained on {saved.get('dataset')}, not {cfg.dataset}", last,
                         f"pass --dataset {saved.get('dataset')} or another -o folder")
     return ckpt
-
-
-def _save(cfg, model, tok, corpus, settings, opt, epoch, history, best, improved, size, mods) -> None:
-    from talkinghead_cli.lipreader.checkpoint import save_expert
-
-    extra = {"epoch": epoch, "optimizer": opt.state_dict(), "metrics": history[-1], "history": history,
-             "best": best, "train": cfg.model_dump(mode="json") | {"size": size, "modalities": mods},
-             "render": settings, "lip_indices": torch.as_tensor(np.asarray(corpus.lip_indices)),
-             "data_fps": float(corpus.fps), "dataset": corpus.name}
-    RunFolder(Path(cfg.run_dir)).save(lambda path: save_expert(path, model, tok, extra), history, best, improved)
-
-
-def _validate(model, tok, val, cache, device, mods) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if not val:
-        return out
-    for mode in ("video", "av") if mods == "av" else ("video",):
-        rates, _ = evaluate(model, tok, val, cache, device, mode)
-        out[f"cer_{mode}"], out[f"wer_{mode}"] = rates.cer, rates.wer
-    return out
 
 
 def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
@@ -380,12 +411,10 @@ def finetune_expert(cfg: ExpertTrainConfig, progress: ProgressFn | None = None,
         done["n"] += n
         report(progress, done["n"], total)
 
+    loop = _Loop(cfg, model, tok, opt, cache, corpus, settings, device, size, mods, steps, log, history, best)
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
-        loss = _train_epoch(model, opt, train_s, cache, cfg, device, mods, epoch, steps, cfg.epochs * steps, tick)
-        val = _validate(model, tok, val_s, cache, device, mods)
-        history, best, entry, improved = record_epoch(history, best, epoch, loss, val, "cer_video")
-        _save(cfg, model, tok, corpus, settings, opt, epoch + 1, history, best, improved, size, mods)
-        log({"event": "epoch", "epochs": cfg.epochs, "best": improved, **entry})
-    return ExpertTrainResult(Path(cfg.run_dir), cfg.epochs, best.get("epoch"), best, history,
+        loss = loop.run_epoch(train_s, epoch, tick)
+        loop.finish_epoch(val_s, epoch, loss)
+    return ExpertTrainResult(Path(cfg.run_dir), cfg.epochs, loop.best.get("epoch"), loop.best, loop.history,
                              rendered, cached)

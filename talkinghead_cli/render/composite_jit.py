@@ -40,6 +40,8 @@ from talkinghead_cli.jit import available, frame_spans, numba, run_spans  # noqa
 
 if numba is not None:  # pragma: no cover - exercised where numba is installed
 
+    # hard_setup and hard_at are also inlined into rasterize_jit._hard; numba's cache checks only
+    # the cached function's own file, so after editing them delete render/__pycache__/*.nb[ci]
     @numba.njit(cache=True, nogil=True, inline="always")
     def hard_setup(pv, vcol, faces, b, f):  # pragma: no cover - compiled
         """What the hard layer's colour needs of face f in frame b, once per face:

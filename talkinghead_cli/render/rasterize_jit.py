@@ -19,6 +19,12 @@ faces of a silhouette edge, which lie at the same distance from a pixel up to ro
 soft kernel stops at squared distances and returns the candidates that can still win; the
 caller takes their square roots with torch and :func:`pick_soft` chooses, as the reference.
 
+Previews need the hard layer's image, not its face map: :func:`hard_image` runs the same hard
+loop and, each time a face wins a pixel, writes the face's grey interpolated at the pixel centre
+with the compositing's own formula (:func:`.composite_jit.hard_at`), so one pass over the faces
+gives the picture (bit for bit what :func:`hard_layer` then :func:`.composite_jit.grey_composite`
+with no outline layer give; tested).
+
 Kernels work on a slice of frames and release the GIL; the numba guard and the thread helpers
 (:func:`~talkinghead_cli.jit.run_spans`) are in :mod:`talkinghead_cli.jit`.
 numba is optional (``pip install "avtalk[fast]"``): without it :func:`available` is False and
@@ -110,7 +116,7 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                     q0, q1, q2 = z0, z1, z2
                 dz1, dz2 = q1 - q0, q2 - q0
                 if shade:
-                    colour = hard_setup(pv, vcol, faces, b, f)
+                    shading = hard_setup(pv, vcol, faces, b, f)
                 a1, b1, a2, b2 = e2y * inv_a, -e2x * inv_a, -e1y * inv_a, e1x * inv_a
                 zc1, zc2 = a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2
                 cx, cy = grid_half[xl] - x0, grid_half[yl] - y0  # first pixel centre - vertex 0
@@ -132,7 +138,7 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                                 if face_map:
                                     fbuf[p] = f
                                 if shade:
-                                    image[p] = hard_at(colour, j + 0.5, i + 0.5)[0]
+                                    image[p] = hard_at(shading, j + 0.5, i + 0.5)[0]
 
     @numba.njit(cache=True, nogil=True)
     def _running_max(x, k, g, r):  # pragma: no cover - compiled

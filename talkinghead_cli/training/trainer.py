@@ -285,7 +285,9 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
                 "augment", "lambda_gap", "lambda_vel", "lambda_lap",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
-        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
+        # validated again, so nested settings (augment) come back as models, not dicts
+        cfg = TrainConfig.model_validate({**cfg.model_dump(),
+                                          **{k: v for k, v in resumed["config"]["train"].items() if k in keep}})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
     if cfg.lambda_lap > 0 and corpus.faces is None:
         raise UserError("--lambda-lap needs the mesh faces and the dataset has none", cfg.data_root,

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from talkinghead_cli.articulation_metrics import laplacian_matrix
 from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
@@ -194,8 +195,9 @@ class _Loop:
     """What every step of one run uses, built once by :func:`_train`: the animator and what
     updates it (``step``: the :class:`_TrainStep`, DDP-wrapped when ``ddp``; optimizer, loss
     scaler, autocast factory), the loss's fixed inputs (``lip`` indices, the mouth-opening
-    pairs ``opening``, the AV loss ``av``), what a checkpoint records (``acfg``, ``corpus``) and
-    the event log. ``history`` and ``best`` are the run's record so far (rank 0)."""
+    pairs ``opening``, the mesh Laplacian ``lap``, the AV loss ``av``), what a checkpoint
+    records (``acfg``, ``corpus``) and the event log. ``history`` and ``best`` are the run's
+    record so far (rank 0)."""
 
     cfg: TrainConfig
     model: torch.nn.Module
@@ -209,6 +211,7 @@ class _Loop:
     ddp: bool
     lip: torch.Tensor | None
     opening: tuple[torch.Tensor, torch.Tensor] | None
+    lap: torch.Tensor | None
     av: _AV | None
     log: LogFn
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -238,7 +241,7 @@ class _Loop:
                     loss, logs = total_loss(model_loss, pred, verts, self.lip, cfg.lip_weight,
                                             mse_weight=cfg.lambda_mse, av=av_out, av_weight=cfg.lambda_av,
                                             opening=self.opening, gap_weight=cfg.lambda_gap,
-                                            vel_weight=cfg.lambda_vel)
+                                            vel_weight=cfg.lambda_vel, lap=self.lap, lap_weight=cfg.lambda_lap)
                 scaler.scale(loss / group_size).backward()
             if last_in_group:
                 factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
@@ -311,10 +314,15 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
         keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
-                "augment", "lambda_gap", "lambda_vel",
+                "augment", "lambda_gap", "lambda_vel", "lambda_lap",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
-        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
+        # validated again, so nested settings (augment) come back as models, not dicts
+        cfg = TrainConfig.model_validate({**cfg.model_dump(),
+                                          **{k: v for k, v in resumed["config"]["train"].items() if k in keep}})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
+    if cfg.lambda_lap > 0 and corpus.faces is None:
+        raise UserError("--lambda-lap needs the mesh faces and the dataset has none", cfg.data_root,
+                        "pass --faces-from MESH")
     torch.manual_seed(cfg.seed)
     model, acfg = build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
     _check_corpus_matches(acfg, corpus, cfg)
@@ -348,11 +356,8 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
                  "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
-    opening = None
-    if lip is not None and cfg.lambda_gap > 0:
-        opening = opening_indices(torch.as_tensor(corpus.templates[corpus.train_subjects[0]]), lip)
-    loop = _Loop(cfg, model, acfg, corpus, device, step_module, opt, scaler, autocast, ddp, lip, opening, av, log,
-                 history, best)
+    loop = _Loop(cfg, model, acfg, corpus, device, step_module, opt, scaler, autocast, ddp, lip,
+                 *_shape_terms(cfg, corpus, lip), av, log, history, best)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
     total = cfg.epochs * per_epoch
     if d.main:
@@ -376,6 +381,17 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
         if ddp:
             dist.barrier()
     return TrainResult(Path(cfg.run_dir), cfg.epochs, loop.best.get("epoch"), loop.best, loop.history)
+
+
+def _shape_terms(cfg: TrainConfig, corpus: Corpus, lip: torch.Tensor | None):
+    """The fixed inputs of the lip-gap and Laplacian terms -> (opening pairs, (V, V) sparse
+    Laplacian), each None when its weight is 0 (or, for the gap, without lip indices)."""
+    template = corpus.templates[corpus.train_subjects[0]]
+    opening = None
+    if lip is not None and cfg.lambda_gap > 0:
+        opening = opening_indices(torch.as_tensor(template), lip)
+    lap = laplacian_matrix(corpus.faces, len(template)) if cfg.lambda_lap > 0 else None
+    return opening, lap
 
 
 def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:

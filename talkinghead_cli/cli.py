@@ -354,6 +354,7 @@ def synth_cmd(
     from_recordings: Optional[Path] = typer.Option(None, "--from-recordings", help="Label a folder of NAME.wav + NAME.txt pairs instead of synthesizing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run with the same options."),
     no_blinks: bool = typer.Option(False, "--no-blinks", help="No procedural blinks."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes [default: one per core]; the files do not depend on it."),
 ) -> None:
     """Build a synthetic talking-face corpus: TTS speech, phoneme timing, an ARKit rig's lips."""
     from talkinghead_cli.config import build_config
@@ -362,7 +363,7 @@ def synth_cmd(
     cfg = build_config(SynthConfig, {}, dict(
         out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
         tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
-        sentences_file=sentences_file, from_recordings=from_recordings, resume=resume, blinks=not no_blinks,
+        sentences_file=sentences_file, from_recordings=from_recordings, resume=resume, blinks=not no_blinks, jobs=jobs,
         voices=[v.strip() for v in voices.split(",") if v.strip()] if voices else None), command="synth")
     with progress_bar("synthesizing", unit="utterances") as progress:
         result = build_corpus(cfg, progress=progress)

@@ -133,7 +133,7 @@ def test_same_seed_gives_identical_files_and_resume_matches(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        build_corpus(SynthConfig(out=tmp_path / "c", **cfg), progress=interrupt)
+        build_corpus(SynthConfig(out=tmp_path / "c", jobs=1, **cfg), progress=interrupt)
     assert not (tmp_path / "c").exists()  # no partial corpus at OUT
     partial = tmp_path / ".c.synth-partial"
     assert len(list((partial / "parts").glob("*.json"))) == 2
@@ -143,6 +143,34 @@ def test_same_seed_gives_identical_files_and_resume_matches(tmp_path):
 
     build_corpus(SynthConfig(out=tmp_path / "d", subjects=2, sentences=2, seed=6))
     assert _hashes(tmp_path / "d") != ha
+
+
+def test_jobs_do_not_change_the_files_and_a_killed_parallel_run_resumes(tmp_path):
+    cfg = dict(subjects=2, sentences=4, seed=3)
+    build_corpus(SynthConfig(out=tmp_path / "one", jobs=1, **cfg))
+    build_corpus(SynthConfig(out=tmp_path / "two", jobs=2, **cfg))
+    want = _hashes(tmp_path / "one")
+    assert _hashes(tmp_path / "two") == want and len(want) > 10
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total):
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):  # stops while the other worker is busy
+        build_corpus(SynthConfig(out=tmp_path / "c", jobs=2, **cfg), progress=interrupt)
+    partial = tmp_path / ".c.synth-partial"
+    parts = sorted((partial / "parts").glob("*.json"))
+    assert 3 <= len(parts) < 8
+    # a process killed mid-utterance: its data may be half there, its part file is not
+    parts[0].unlink()
+    (partial / "vertices_npy" / f"{parts[0].stem}.npy").write_bytes(b"half")
+    (partial / "wav" / f"{parts[1].stem}.wav").unlink()
+    parts[1].unlink()
+    build_corpus(SynthConfig(out=tmp_path / "c", jobs=2, resume=True, **cfg))
+    assert _hashes(tmp_path / "c") == want and not partial.exists()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

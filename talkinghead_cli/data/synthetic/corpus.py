@@ -66,6 +66,7 @@ class SynthConfig(BaseModel):
     test_b_subjects: Optional[int] = Field(None, ge=0)
     from_recordings: Optional[Path] = None
     voices: Optional[list[str]] = None  # train voices as backend:name, replacing TRAIN_VOICES
+    jobs: Optional[int] = Field(None, ge=1, le=256)  # processes; None: one per core (not in the output)
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -179,9 +180,10 @@ def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, s
     weights = articulate(speech.segments, frames, cfg.fps, rig.names, subj["style"],
                          seed=int(_rng(cfg.seed, 5, subj["index"], nn).integers(2 ** 31)))
     verts = rig.pose(weights, template).reshape(frames, -1)
-    save_wav(work / "wav" / f"{uid}.wav", speech.wave, SAMPLE_RATE)
-    np.save(work / "vertices_npy" / f"{uid}.npy", verts.astype(np.float32))
-    np.save(work / "blendshapes_npy" / f"{uid}.npy", weights.astype(np.float32))
+    save_wav(work / "wav" / f"{uid}.wav", speech.wave, SAMPLE_RATE)  # each file atomic
+    for sub, arr in (("vertices_npy", verts), ("blendshapes_npy", weights)):
+        with atomic_file(work / sub / f"{uid}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, arr.astype(np.float32))
     entry = {"id": uid, "subject": subj["name"], "sentence": nn, "text": text, "split": split,
              "num_frames": frames, "duration": round(speech.duration, 6),
              "phonemes": [[a, b, s] for a, b, s in speech.segments]}
@@ -273,22 +275,27 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
                                     len(rig.names)), "the corpus", per_frame_files=False)  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))
-    total = sum(len(v) for v in plan.values())
-    done = 0
-    entries, templates, texts = [], {}, {}
-    report(progress, 0, total)
-    for subj in subjects:
-        template = identity_template(rig, cfg.seed, subj["index"])
-        templates[subj["name"]] = template
-        texts[subj["name"]] = [t for t, _ in plan[subj["name"]]]
-        for nn, (text, split) in enumerate(plan[subj["name"]], start=1):
-            part = work / "parts" / f"{subj['name']}_sentence{nn:02d}.json"
-            if part.exists():
-                entries.append(json.loads(part.read_text()))
-            else:
-                entries.append(_utterance(rig, template, subj, nn, text, split, cfg, work))
-            done += 1
-            report(progress, done, total)
+    from talkinghead_cli.data.synthetic.jobs import default_jobs, run_items
+
+    items = [(subj, nn, text, split) for subj in subjects
+             for nn, (text, split) in enumerate(plan[subj["name"]], start=1)]
+    found: dict[str, dict] = {}
+    for subj, nn, _, _ in items:  # a resumed run keeps what the interrupted one finished
+        part = work / "parts" / f"{subj['name']}_sentence{nn:02d}.json"
+        if part.exists():
+            found[part.stem] = json.loads(part.read_text())
+    total = len(items)
+    report(progress, len(found), total)
+
+    def done(entry: dict) -> None:
+        found[entry["id"]] = entry
+        report(progress, len(found), total)
+
+    todo = [it for it in items if f"{it[0]['name']}_sentence{it[1]:02d}" not in found]
+    run_items(cfg, work, todo, cfg.jobs or default_jobs(), done)
+    entries = [found[f"{subj['name']}_sentence{nn:02d}"] for subj, nn, _, _ in items]
+    templates = {s["name"]: identity_template(rig, cfg.seed, s["index"]) for s in subjects}
+    texts = {s["name"]: [t for t, _ in plan[s["name"]]] for s in subjects}
     subj_json = {s["name"]: {"voice": s["voice"].to_json() | {"id": s["voice"].id}, "style": s["style"].to_json(),
                              "split": s["split"]} for s in subjects}
     fps = int(cfg.fps) if float(cfg.fps).is_integer() else cfg.fps

@@ -1,0 +1,88 @@
+"""Run the corpus's utterances on several processes.
+
+Each utterance is a pure function of the corpus settings and its own id (subject, sentence
+number): its speech, its articulation seed (``seed, 5, subject, sentence``) and its identity
+template are computed from those alone, and it writes only its own files (atomically,
+its ``parts/<id>.json`` last). So the files do not depend on how many processes ran, in
+which order they finished, or whether the run was interrupted and resumed.
+
+Workers start from a fork server (a clean process, not a fork of a caller that may hold
+threads or locks); each loads the rig once and the TTS backends on first use.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterable
+
+Item = tuple[dict, int, str, str]  # (subject, sentence number, text, split)
+
+_STATE: dict = {}
+
+
+def default_jobs() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker(cfg_json: dict, work: str) -> None:
+    from talkinghead_cli.data.synthetic.corpus import SynthConfig
+    from talkinghead_cli.data.synthetic.rig import load_rig
+
+    cfg = SynthConfig(**cfg_json)
+    _STATE.update(cfg=cfg, work=Path(work), rig=load_rig(cfg.rig), templates={})
+
+
+def _run_one(item: Item) -> dict:
+    from talkinghead_cli.data.synthetic.corpus import _utterance, identity_template
+
+    subj, nn, text, split = item
+    cfg, rig, templates = _STATE["cfg"], _STATE["rig"], _STATE["templates"]
+    if subj["index"] not in templates:
+        templates[subj["index"]] = identity_template(rig, cfg.seed, subj["index"])
+    return _utterance(rig, templates[subj["index"]], subj, nn, text, split, cfg, _STATE["work"])
+
+
+def run_items(cfg, work: Path, items: Iterable[Item], jobs: int, on_done: Callable[[dict], None]) -> None:
+    """Synthesize ``items`` on ``jobs`` processes (1: in this process), calling ``on_done(entry)``
+    in this process as each finishes (in completion order).
+
+    An exception from an utterance or from ``on_done`` cancels the utterances not yet
+    started, waits for the running ones (their files stay complete), and is re-raised.
+    """
+    items = list(items)
+    cfg_json = cfg.model_dump(mode="json")
+    if jobs <= 1 or len(items) <= 1:
+        _init_worker(cfg_json, str(work))
+        try:
+            for item in items:
+                on_done(_run_one(item))
+        finally:
+            _STATE.clear()
+        return
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=_init_worker,
+                               initargs=(cfg_json, str(work)))
+    try:
+        pending = set()
+        queue = iter(items)
+        for item in queue:  # one item a worker: a stop leaves only the running ones to finish
+            pending.add(pool.submit(_run_one, item))
+            if len(pending) >= jobs:
+                break
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                on_done(fut.result())
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_run_one, nxt))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

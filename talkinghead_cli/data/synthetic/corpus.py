@@ -42,11 +42,25 @@ from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 
 FORMAT = "avtalk-synthetic/1"
-# Voices: (backend, name). Train and test-B pools share no variant and no dialect.
-TRAIN_VOICES = [("piper", "joe")] + [("espeak", f"en-us+{v}") for v in
-                                     ("m1", "f1", "m3", "f2", "m2", "f3", "m4", "f4", "klatt", "m5")]
-TEST_B_VOICES = [("espeak", "en-gb-x-rp+m7"), ("espeak", "en-gb-scotland+f5"), ("espeak", "en-029+m6"),
-                 ("espeak", "en-us-nyc+klatt3")]
+# Voices: (backend, name). Train and test-B pools share no variant, no dialect, no speaker.
+# Backends alternate, so a corpus of 5 train speakers already has all three.
+TRAIN_VOICES = [("piper", "joe"), ("espeak", "en-us+m1"), ("festival", "kal"), ("espeak", "en-us+f1"),
+                ("festival", "slt")] + [("espeak", f"en-us+{v}") for v in
+                                        ("m3", "f2", "m2", "f3", "m4", "f4", "klatt", "m5")]
+TEST_B_VOICES = [("espeak", "en-gb-x-rp+m7"), ("festival", "ked"), ("espeak", "en-gb-scotland+f5"),
+                 ("espeak", "en-029+m6"), ("espeak", "en-us-nyc+klatt3")]
+BACKENDS = ("piper", "espeak", "festival")
+
+
+def default_tts() -> list[str]:
+    """All backends; festival only where its program is installed (else a warning says so)."""
+    import shutil
+
+    if shutil.which("festival"):
+        return list(BACKENDS)
+    warnings.warn("festival is not installed: the corpus uses piper and espeak voices only "
+                  "(apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)", stacklevel=2)
+    return ["piper", "espeak"]
 
 
 class SynthConfig(BaseModel):
@@ -57,7 +71,7 @@ class SynthConfig(BaseModel):
     subjects: int = Field(12, ge=1, le=200)
     sentences: int = Field(40, ge=1, le=999)
     rig: Optional[Path] = None
-    tts: list[str] = ["piper", "espeak"]
+    tts: Optional[list[str]] = None  # None: default_tts()
     fps: float = Field(30.0, gt=0, le=240)
     seed: int = Field(0, ge=0)
     sentences_file: Optional[Path] = None
@@ -75,16 +89,19 @@ def _rng(*keys: int) -> np.random.Generator:
 
 def _parse_voice(spec: str) -> tuple[str, str]:
     backend, sep, name = spec.partition(":")
-    if not sep or backend not in ("piper", "espeak") or not name:
-        raise UserError(f"bad voice {spec!r}", None, "write voices as piper:joe or espeak:en-us+f3")
+    if not sep or backend not in BACKENDS or not name:
+        raise UserError(f"bad voice {spec!r}", None, "write voices as piper:joe, espeak:en-us+f3 or festival:kal")
     return backend, name
 
 
 def plan_subjects(cfg: SynthConfig) -> list[dict]:
     """Subject names, voices, styles and splits (deterministic in ``cfg.seed``)."""
+    if cfg.tts is None:
+        cfg = cfg.model_copy(update={"tts": default_tts()})
     for b in cfg.tts:
-        if b not in ("piper", "espeak"):
-            raise UserError(f"unknown TTS backend {b!r}", None, "use --tts piper, espeak or piper,espeak")
+        if b not in BACKENDS:
+            raise UserError(f"unknown TTS backend {b!r}", None, "use --tts with piper, espeak and/or festival, "
+                            "e.g. piper,espeak")
     n_b = cfg.test_b_subjects if cfg.test_b_subjects is not None else (max(1, round(cfg.subjects / 6))
                                                                        if cfg.subjects >= 3 else 0)
     n_b = min(n_b, cfg.subjects - 1)
@@ -263,6 +280,8 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
 
     if cfg.from_recordings is not None:
         return label_recordings(cfg, progress)
+    if cfg.tts is None:
+        cfg = cfg.model_copy(update={"tts": default_tts()})
     sentences = load_sentences(cfg.sentences_file)
     rig = load_rig(cfg.rig)
     subjects = plan_subjects(cfg)

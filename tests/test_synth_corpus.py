@@ -4,6 +4,7 @@ determinism, resume, forced alignment and bad input."""
 import hashlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -326,3 +327,37 @@ def test_corpus_meets_the_per_phoneme_targets(corpus):
     for a, b in zip(rows, from_files):
         for k in ("gap", "rounding", "jaw"):
             assert abs(a[k] - b[k]) < 1e-3, (k, a, b)
+
+
+festival = pytest.mark.skipif(shutil.which("festival") is None, reason="Debian festival is not installed")
+
+
+@festival
+@pytest.mark.parametrize("name", ["kal", "ked", "slt"])
+def test_festival_voices_time_their_phonemes(name):
+    """Segment times are festival's own; the pauses it reports are quiet in its audio."""
+    from talkinghead_cli.data.synthetic.tts import Voice, synthesize
+
+    sp = synthesize("Bob picked up a map of the bay by the palm.", Voice("festival", name))
+    syms = [s for _, _, s in sp.segments]
+    assert syms[0] == syms[-1] == "SIL" and syms[1:4] == ["B", "AA", "B"]
+    assert sp.segments[0][0] == 0.0 and sp.segments[-1][1] == pytest.approx(sp.duration)
+    assert all(a < b and b == c for (a, b, _), (c, _, _) in zip(sp.segments, sp.segments[1:]))
+    x = sp.wave
+
+    def rms(segs):
+        return float(np.sqrt(np.mean(np.concatenate([x[int(a * 16000):int(b * 16000)] for a, b, _ in segs]) ** 2)))
+
+    assert rms([s for s in sp.segments if s[2] == "SIL"]) < 0.1 * rms([s for s in sp.segments if s[2] != "SIL"])
+
+
+@festival
+def test_festival_in_a_corpus_and_bad_festival_voice(tmp_path):
+    m = build_corpus(SynthConfig(out=tmp_path / "f", subjects=2, sentences=2, test_b_subjects=0, jobs=2,
+                                 voices=["festival:kal", "festival:slt"]))
+    man = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert m["utterances"] == 4 and {v["voice"]["id"] for v in man["subjects"].values()} == {"festival:kal",
+                                                                                              "festival:slt"}
+    assert json.loads((tmp_path / "f" / "articulation.json").read_text())["missed_targets"] == []
+    with pytest.raises(UserError, match="festival voice 'nobody'"):
+        build_corpus(SynthConfig(out=tmp_path / "g", subjects=1, sentences=1, voices=["festival:nobody"]))

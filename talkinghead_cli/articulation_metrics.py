@@ -90,8 +90,8 @@ def edges_of(faces: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _laplacian_matrix(faces_bytes: bytes, num_verts: int):
-    """Sparse (V, V) uniform Laplacian I - D^-1 A of the triangles in ``faces_bytes`` (int64);
-    the row of a vertex in no face is 0."""
+    """Sparse (V, V) uniform Laplacian I - D^-1 A (float64 CSR) of the triangles in ``faces_bytes``
+    (int64); the row of a vertex in no face is 0."""
     import torch
 
     e = edges_of(np.frombuffer(faces_bytes, np.int64).reshape(-1, 3))
@@ -105,6 +105,15 @@ def _laplacian_matrix(faces_bytes: bytes, num_verts: int):
         coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([rows, cols])), torch.from_numpy(vals),
                                       (num_verts, num_verts))
         return coo.coalesce().to_sparse_csr()
+
+
+def laplacian_matrix(faces: np.ndarray, num_verts: int):
+    """The sparse (V, V) uniform Laplacian I - D^-1 A of ``faces`` (F, 3) as a float32 COO
+    tensor (differentiable ``torch.sparse.mm`` with a dense right side), for training losses."""
+    lap = _laplacian_matrix(np.ascontiguousarray(faces, np.int64).tobytes(), int(num_verts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return lap.to_sparse_coo().float().coalesce()
 
 
 def uniform_laplacian(x: np.ndarray, faces: np.ndarray) -> np.ndarray:

@@ -68,6 +68,8 @@ class TrainConfig(_Strict):
     # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
     lambda_gap: float = Field(0.0, ge=0)
     lambda_vel: float = Field(0.0, ge=0)
+    # MSE of the mesh Laplacians (training.losses.laplacian_loss): keeps creases out
+    lambda_lap: float = Field(0.0, ge=0)
     # audio augmentation of the training split (data.augment): effect probabilities, or None
     augment: Optional[AugmentConfig] = None
 
@@ -82,8 +84,9 @@ class TrainConfig(_Strict):
         if self.av_loss and self.expert is None:
             raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
         if (self.lambda_mse == 0 and self.lip_weight == 0 and self.lambda_gap == 0 and self.lambda_vel == 0
+                and self.lambda_lap == 0
                 and (not self.av_loss or self.lambda_av == 0)):
-            raise ValueError("all loss weights are 0 (--lambda-mse, --lambda-rlv, --lambda-gap, --lambda-vel"
+            raise ValueError("all loss weights are 0 (--lambda-mse, --lambda-rlv, --lambda-gap, --lambda-vel, --lambda-lap"
                              + (", --lambda-av" if self.av_loss else ", and no --av-loss")
                              + "): nothing to train; give one of them a positive weight")
         return self

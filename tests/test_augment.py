@@ -1,4 +1,4 @@
-"""Training-audio augmentation (data.augment) and the mouth-opening / velocity losses."""
+"""Training-audio augmentation (data.augment) and the mouth-opening / velocity / Laplacian losses."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,14 @@ from talkinghead_cli.data import augment as A
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import SequenceDataset, write_toy_corpus
 from talkinghead_cli.data.registry import open_corpus
-from talkinghead_cli.training.losses import lip_gap_loss, opening_indices, total_loss, velocity_loss
+from talkinghead_cli.articulation_metrics import laplacian_matrix, uniform_laplacian_reference
+from talkinghead_cli.training.losses import (
+    laplacian_loss,
+    lip_gap_loss,
+    opening_indices,
+    total_loss,
+    velocity_loss,
+)
 from talkinghead_cli.training.trainer import train
 
 SR = 16000
@@ -92,10 +99,30 @@ def test_opening_indices_and_gap_loss():
     assert torch.isclose(loss, torch.tensor(0.08)) and {"gap", "vel"} <= set(logs)
 
 
+def test_laplacian_loss_charges_creases_not_smooth_motion():
+    x, y = np.meshgrid(np.arange(4.0), np.arange(4.0))
+    template = np.stack([x.ravel(), y.ravel(), np.zeros(16)], 1)
+    quads = [(r * 4 + c, r * 4 + c + 1, r * 4 + c + 4, r * 4 + c + 5) for r in range(3) for c in range(3)]
+    faces = np.array([t for a, b, c, d in quads for t in ((a, b, d), (a, d, c))])
+    lap = laplacian_matrix(faces, 16)
+    target = torch.tensor(template, dtype=torch.float32)[None, None].repeat(2, 3, 1, 1)
+    moved = target + torch.tensor([0.3, -0.1, 0.2])  # a rigid shift: no crease
+    assert laplacian_loss(moved, target, lap) < 1e-12
+    bump = target.clone()
+    bump[:, :, 5, 2] += 0.5  # one vertex pulled out of the surface
+    expected = uniform_laplacian_reference((bump - target)[0].numpy(), faces)
+    assert torch.isclose(laplacian_loss(bump, target, lap), torch.tensor(float((expected ** 2).mean())))
+    pred = bump.clone().requires_grad_(True)
+    loss, logs = total_loss(torch.tensor(0.0), pred, target, None, 0.0, lap=lap, lap_weight=3.0)
+    loss.backward()
+    assert "lap" in logs and pred.grad[:, :, 5, 2].abs().min() > 0  # the gradient flattens the bump
+    assert loss.item() == pytest.approx(3.0 * float((expected ** 2).mean()), rel=1e-5)
+
+
 def test_train_with_augmentation_and_opening_loss(tmp_path):
     root = write_toy_corpus(tmp_path / "c", {V.TRAIN_SUBJECTS[0]: [1, 2], V.VAL_SUBJECTS[0]: [21]}, seconds=0.6)
     cfg = TrainConfig(dataset="vocaset", data_root=root, run_dir=tmp_path / "run", epochs=2, lr=1e-3,
-                      augment=AugmentConfig(), lambda_gap=10.0, lambda_vel=1.0)
+                      augment=AugmentConfig(), lambda_gap=10.0, lambda_vel=1.0, lambda_lap=10.0)
     result = train(cfg)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
     with pytest.raises(ValueError):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from talkinghead_cli.checkpoint import load_checkpoint
-from talkinghead_cli.config import TrainConfig, build_config, read_config_file
+from talkinghead_cli.config import AugmentConfig, TrainConfig, build_config, read_config_file
 from talkinghead_cli.data import vocaset as V
 from talkinghead_cli.data.dataset import write_toy_corpus
 from talkinghead_cli.errors import UserError
@@ -154,8 +154,9 @@ def test_existing_run_is_not_overwritten(corpus, tmp_path):
         train(cfg)
 
 
-def test_resumed_run_follows_the_uninterrupted_course(corpus, tmp_path):
-    base = dict(dataset="vocaset", data_root=corpus, lr=1e-3, seed=3)
+@pytest.mark.parametrize("extra", [{}, {"augment": AugmentConfig(), "lambda_lap": 10.0}], ids=["plain", "augment"])
+def test_resumed_run_follows_the_uninterrupted_course(corpus, tmp_path, extra):
+    base = dict(dataset="vocaset", data_root=corpus, lr=1e-3, seed=3, **extra)
     train(TrainConfig(**base, run_dir=tmp_path / "a", epochs=2))
     train(TrainConfig(**base, run_dir=tmp_path / "b", epochs=1))
     train(TrainConfig(**base, run_dir=tmp_path / "b", epochs=2, resume=True))

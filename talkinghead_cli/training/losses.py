@@ -82,20 +82,44 @@ def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(torch.diff(pred[:, :t].float(), dim=1), torch.diff(target[:, :t].float(), dim=1))
 
 
+def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, lap: torch.Tensor) -> torch.Tensor:
+    """MSE of the uniform mesh Laplacians of the prediction and the target (L_lap).
+
+    The Laplacian of a vertex is its offset from the mean of its mesh neighbours, so this term
+    is blind to smooth motion and charges for creases and bumps the target does not have: the
+    lip-reading loss acts on a few lip vertices through the renderer and, unchecked, pulls them
+    out of the surface around them (the mouth-corner crease of an AV-trained model).
+
+    Args:
+        pred, target: (B, T, V, 3) (cut to the shorter length).
+        lap: (V, V) sparse Laplacian (:func:`talkinghead_cli.articulation_metrics.laplacian_matrix`).
+    Returns:
+        scalar.
+    """
+    t = min(pred.shape[1], target.shape[1])
+    diff = pred[:, :t].float() - target[:, :t].float()  # linear: L(pred) - L(target) = L(pred - target)
+    b, _, v, _ = diff.shape
+    flat = diff.permute(2, 0, 1, 3).reshape(v, -1)
+    return torch.sparse.mm(lap.to(diff.device), flat).pow(2).mean()
+
+
 def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                lip: torch.Tensor | None, lip_weight: float, *, mse_weight: float = 1.0,
                av: ExpertLoss | None = None, av_weight: float = 0.0,
                opening: tuple[torch.Tensor, torch.Tensor] | None = None, gap_weight: float = 0.0,
-               vel_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               vel_weight: float = 0.0, lap: torch.Tensor | None = None,
+               lap_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av
-    + gap_weight × L_gap + vel_weight × L_vel.
+    + gap_weight × L_gap + vel_weight × L_vel + lap_weight × L_lap.
 
     L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given,
     L_gap (:func:`lip_gap_loss`) when ``opening`` = (upper, lower) indices is given, L_vel
-    (:func:`velocity_loss`). A weight of 0 drops its term from the graph.
+    (:func:`velocity_loss`), L_lap (:func:`laplacian_loss`) when the Laplacian ``lap`` is given.
+    A weight of 0 drops its term from the graph.
 
     Returns:
-        (loss scalar, logs {"loss", "mse", and "lip", "gap", "vel", "av", "ctc", "ce" when present}).
+        (loss scalar, logs {"loss", "mse", and "lip", "gap", "vel", "lap", "av", "ctc", "ce" when
+        present}).
     """
     logs = {"mse": float(model_loss.detach())}
     loss = mse_weight * model_loss if mse_weight != 1.0 else model_loss
@@ -111,6 +135,10 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
         vel = velocity_loss(pred, target)
         loss = loss + vel_weight * vel
         logs["vel"] = float(vel.detach())
+    if lap is not None and lap_weight > 0 and pred is not None:
+        smooth = laplacian_loss(pred, target, lap)
+        loss = loss + lap_weight * smooth
+        logs["lap"] = float(smooth.detach())
     if av is not None:
         if av_weight > 0:
             loss = loss + av_weight * av.loss

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from talkinghead_cli.articulation_metrics import laplacian_matrix
 from talkinghead_cli.checkpoint import load_checkpoint, save_checkpoint
 from talkinghead_cli.config import TrainConfig
 from talkinghead_cli.data.dataset import (
@@ -199,6 +200,9 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
     opening = None
     if lip is not None and cfg.lambda_gap > 0:
         opening = opening_indices(torch.as_tensor(data.corpus.templates[data.corpus.train_subjects[0]]), lip)
+    lap = None
+    if cfg.lambda_lap > 0:
+        lap = laplacian_matrix(data.corpus.faces, len(data.corpus.templates[data.corpus.train_subjects[0]]))
     for group in opt.param_groups:
         group.setdefault("base_lr", group["lr"])
     for i, idx in enumerate(order):
@@ -214,7 +218,8 @@ def _run_epoch(step_module, model, opt, scaler, autocast, data: SequenceDataset,
                 model_loss, _, pred, av_out = step_module(audio, template, style, verts, **av_in)
                 loss, logs = total_loss(model_loss, pred, verts, lip, cfg.lip_weight, mse_weight=cfg.lambda_mse,
                                         av=av_out, av_weight=cfg.lambda_av, opening=opening,
-                                        gap_weight=cfg.lambda_gap, vel_weight=cfg.lambda_vel)
+                                        gap_weight=cfg.lambda_gap, vel_weight=cfg.lambda_vel,
+                                        lap=lap, lap_weight=cfg.lambda_lap)
             scaler.scale(loss / group_size).backward()
         if last_in_group:
             factor = lr_factor(cfg.lr_schedule, epoch * per_epoch + i // cfg.batch_size, cfg.epochs * per_epoch)
@@ -278,10 +283,15 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
         keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
-                "augment", "lambda_gap", "lambda_vel",
+                "augment", "lambda_gap", "lambda_vel", "lambda_lap",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
-        cfg = cfg.model_copy(update={k: v for k, v in resumed["config"]["train"].items() if k in keep})
+        # validated again, so nested settings (augment) come back as models, not dicts
+        cfg = TrainConfig.model_validate({**cfg.model_dump(),
+                                          **{k: v for k, v in resumed["config"]["train"].items() if k in keep}})
     corpus = open_corpus(cfg.dataset, cfg.data_root, keep_60fps=cfg.keep_60fps, faces_from=cfg.faces_from)
+    if cfg.lambda_lap > 0 and corpus.faces is None:
+        raise UserError("--lambda-lap needs the mesh faces and the dataset has none", cfg.data_root,
+                        "pass --faces-from MESH")
     torch.manual_seed(cfg.seed)
     model, acfg = build_model(cfg, corpus, None if resumed is None else resumed["config"]["animator"])
     _check_corpus_matches(acfg, corpus, cfg)

@@ -245,9 +245,12 @@ def test_phoneme_check_flags_a_closed_vowel_next_to_bilabials():
         return {"phoneme": ph, "dur": 0.1, "gap": gap, "gap_rel": gap / 6.0, "min_gap_rel": min_rel, "jaw": jaw,
                 "rounding": rounding, "spread": spread, "next_to_bilabial": nb}
 
+    n = pc.load_targets()["min_count"]
     good = [row("AA", 5.0, False), row("AA", 5.5, False), row("AE", 4.5, True), row("B", 0.0, False, min_rel=0.0)]
-    assert pc.check(pc.phoneme_table(good)) == []
+    assert pc.check(pc.phoneme_table(good * n)) == []
     bad = good[:2] + [row("AE", 1.3, True)] + [row("B", 2.0, False, min_rel=0.4)]
+    assert pc.check(pc.phoneme_table(bad * (n - 1))) == []  # too few segments to judge
+    bad = bad * n
     misses = pc.check(pc.phoneme_table(bad))
     assert any(m.startswith("open vowel next to P B M: gap") for m in misses), misses
     assert any(m.startswith("bilabial P B M: closed") for m in misses), misses

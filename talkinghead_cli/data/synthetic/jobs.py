@@ -6,14 +6,18 @@ template are computed from those alone, and it writes only its own files (atomic
 its ``parts/<id>.json`` last). So the files do not depend on how many processes ran, in
 which order they finished, or whether the run was interrupted and resumed.
 
-Workers start from a fork server (a clean process, not a fork of a caller that may hold
-threads or locks); each loads the rig once and the TTS backends on first use.
+Workers are forked (where the OS can fork): a fork server or spawn would re-run the
+caller's ``__main__``, which breaks for a script without a ``__main__`` guard or code piped
+to Python. Each worker loads the rig once and the TTS backends on first use; espeak-ng
+already forks a pristine child per utterance, so inherited library state cannot leak into
+the audio.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable
@@ -66,17 +70,18 @@ def run_items(cfg, work: Path, items: Iterable[Item], jobs: int, on_done: Callab
         finally:
             _STATE.clear()
         return
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=_init_worker,
                                initargs=(cfg_json, str(work)))
     try:
         pending = set()
         queue = iter(items)
-        for item in queue:  # one item a worker: a stop leaves only the running ones to finish
-            pending.add(pool.submit(_run_one, item))
-            if len(pending) >= jobs:
-                break
+        with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for item in queue:  # one item a worker: a stop leaves only the running ones to finish
+                pending.add(pool.submit(_run_one, item))
+                if len(pending) >= jobs:
+                    break
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:

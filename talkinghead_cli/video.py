@@ -27,6 +27,7 @@ import queue
 import subprocess
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,7 +381,9 @@ def render_preview(
         raise UserError(f"--size must be an even number >= 16, got {size}", None, "use e.g. 512")
     if not fps or fps <= 0:
         raise UserError(f"the frame rate must be positive, got {fps}", None, "pass --fps 30")
-    verts_t = torch.as_tensor(verts)
+    with warnings.catch_warnings():  # a read-only memory map (a retargeted animation) is only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        verts_t = torch.as_tensor(verts)
     if verts_t.ndim != 3 or verts_t.shape[-1] != 3 or verts_t.shape[0] == 0:
         raise ValueError(f"verts must be (T, V, 3) with T >= 1, got {tuple(verts_t.shape)}")
     verts_t = verts_t.float()

@@ -95,6 +95,21 @@ def test_silent_video_has_no_audio_stream_and_all_frames(tmp_path, sphere):
     assert data.find(b"moov") < data.find(b"mdat")  # +faststart: index before the media
 
 
+def test_read_only_memory_map_renders_without_a_warning(tmp_path, sphere):
+    """animate hands a retargeted animation over as a read-only memory map; torch warns about
+    non-writable arrays once per process, so this runs in a fresh one with warnings as errors."""
+    import sys
+
+    verts, faces = nodding(sphere, 3)
+    np.save(tmp_path / "v.npy", np.asarray(verts, np.float32))
+    np.save(tmp_path / "f.npy", np.asarray(faces))
+    code = ("import numpy as np, sys; from talkinghead_cli.video import render_preview; d = sys.argv[1]; "
+            "render_preview(np.load(d + '/v.npy', mmap_mode='r'), np.load(d + '/f.npy'), d + '/a.mp4', fps=30, size=32)")
+    r = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code, str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and (tmp_path / "a.mp4").exists(), r.stderr[-500:]
+
+
 def test_frames_show_the_mesh(tmp_path, sphere):
     verts, faces = nodding(sphere, 3)
     out = tmp_path / "face.mp4"

@@ -4,7 +4,7 @@ Builds a corpus (TTS, articulation, vertex sequences on facecap, WAV/NPY writing
 manifest) into a temporary folder and prints utterances/min, seconds of speech per
 second, the mean utterance length, and a per-stage split measured on a few utterances.
 
-    python benchmarks/bench_synth.py [--subjects 6] [--sentences 10] [--tts piper,espeak]
+    python benchmarks/bench_synth.py [--subjects 6] [--sentences 10] [--tts piper,espeak,festival] [--jobs 1,2]
 
 Target (issue 3): >= 100 utterances (about 3 s each) per minute on the 2-core CPU.
 Model loading (piper's ONNX voice, the rig) is timed separately, not in the rate.
@@ -58,7 +58,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=6)
     ap.add_argument("--sentences", type=int, default=10)
-    ap.add_argument("--tts", default="piper,espeak")
+    ap.add_argument("--tts", default="piper,espeak,festival")
+    ap.add_argument("--jobs", default="1,2", help="process counts to compare, e.g. 1,2")
     args = ap.parse_args()
     tts = args.tts.split(",")
     print(f"CPU cores visible: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f} (other work inflates times)")
@@ -68,19 +69,22 @@ def main() -> None:
         backend(b)
     print(f"loading rig + TTS backends: {time.perf_counter() - t0:.2f} s")
     stages(tts)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
-    try:
-        cfg = SynthConfig(out=tmp / "corpus", subjects=args.subjects, sentences=args.sentences, tts=tts)
-        t0 = time.perf_counter()
-        res = build_corpus(cfg)
-        dt = time.perf_counter() - t0
-        size = sum(p.stat().st_size for p in (tmp / "corpus").rglob("*") if p.is_file())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    n = res["utterances"]
-    print(f"build_corpus: {n} utterances, {res['seconds']:.1f} s of speech in {dt:.1f} s")
-    print(f"  {60 * n / dt:.0f} utterances/min (target >= 100), mean {res['seconds'] / n:.2f} s/utterance, "
-          f"{res['seconds'] / dt:.1f} s of speech per second, {size / n / 1e6:.1f} MB/utterance on disk")
+    for jobs in [int(j) for j in args.jobs.split(",")]:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+        try:
+            cfg = SynthConfig(out=tmp / "corpus", subjects=args.subjects, sentences=args.sentences, tts=tts,
+                              jobs=jobs)
+            t0 = time.perf_counter()
+            res = build_corpus(cfg)
+            dt = time.perf_counter() - t0
+            size = sum(p.stat().st_size for p in (tmp / "corpus").rglob("*") if p.is_file())
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        n = res["utterances"]
+        print(f"build_corpus --jobs {jobs}: {n} utterances, {res['seconds']:.1f} s of speech in {dt:.1f} s "
+              "(worker start-up included)")
+        print(f"  {n / dt:.2f} utterances/s, mean {res['seconds'] / n:.2f} s/utterance, "
+              f"{res['seconds'] / dt:.1f} s of speech per second, {size / n / 1e6:.2f} MB/utterance on disk")
 
 
 if __name__ == "__main__":

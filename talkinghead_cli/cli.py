@@ -347,14 +347,15 @@ def synth_cmd(
     subjects: int = typer.Option(12, "--subjects", help="Number of speakers (about 1 in 6 become test-B speakers)."),
     sentences: int = typer.Option(40, "--sentences", help="Sentences per speaker."),
     rig: Optional[Path] = typer.Option(None, "--rig", help="GLB/glTF face with ARKit morph targets [default: facecap.glb from openfacefx]."),
-    tts: str = typer.Option("piper,espeak", "--tts", help="TTS backends, comma-separated: piper, espeak."),
-    voices: Optional[str] = typer.Option(None, "--voices", help="Train voices, e.g. piper:joe,espeak:en-us+f3 [default: 11 built-in]."),
+    tts: Optional[str] = typer.Option(None, "--tts", help="TTS backends, comma-separated: piper, espeak, festival [default: all three; festival where installed]."),
+    voices: Optional[str] = typer.Option(None, "--voices", help="Train voices, e.g. piper:joe,espeak:en-us+f3,festival:kal [default: 13 built-in]."),
     fps: float = typer.Option(30.0, "--fps", help="Frame rate of the vertex sequences."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical files."),
     sentences_file: Optional[Path] = typer.Option(None, "--sentences-file", help="Own sentence list, one a line."),
     from_recordings: Optional[Path] = typer.Option(None, "--from-recordings", help="Label a folder of NAME.wav + NAME.txt pairs instead of synthesizing."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run with the same options."),
     no_blinks: bool = typer.Option(False, "--no-blinks", help="No procedural blinks."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Processes [default: one per core]; the files do not depend on it."),
 ) -> None:
     """Build a synthetic talking-face corpus: TTS speech, phoneme timing, an ARKit rig's lips."""
     from talkinghead_cli.config import build_config
@@ -362,8 +363,8 @@ def synth_cmd(
 
     cfg = build_config(SynthConfig, {}, dict(
         out=out_dir, subjects=subjects, sentences=sentences, rig=rig,
-        tts=[t.strip() for t in tts.split(",") if t.strip()], fps=fps, seed=seed,
-        sentences_file=sentences_file, from_recordings=from_recordings, resume=resume, blinks=not no_blinks,
+        tts=[t.strip() for t in tts.split(",") if t.strip()] if tts else None, fps=fps, seed=seed,
+        sentences_file=sentences_file, from_recordings=from_recordings, resume=resume, blinks=not no_blinks, jobs=jobs,
         voices=[v.strip() for v in voices.split(",") if v.strip()] if voices else None), command="synth")
     with progress_bar("synthesizing", unit="utterances") as progress:
         result = build_corpus(cfg, progress=progress)

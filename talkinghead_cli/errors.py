@@ -25,6 +25,9 @@ class UserError(Exception):
         self.fix = fix
         super().__init__(self.line())
 
+    def __reduce__(self):  # survives a trip through a worker process intact
+        return (type(self), (self.what, self.path, self.fix))
+
     def line(self) -> str:
         parts = [self.what]
         if self.path:

@@ -196,6 +196,28 @@ def test_builtin_sentences_are_many_distinct_and_balanced():
         assert set(ARPABET) <= phones, split
 
 
+def test_builtin_sentences_union_both_sources_and_say_where_they_come_from():
+    from talkinghead_cli.data.synthetic.sentences import BUILTIN_FILES, load_sentences
+
+    sources = (BUILTIN_FILES[0].parent / "SOURCES.md").read_text()
+    counts = [len(load_sentences(f)) for f in BUILTIN_FILES]
+    assert counts[1] >= 1500 and len(load_sentences()) == sum(counts)  # no sentence in both
+    assert all(f.name in sources for f in BUILTIN_FILES) and "WordNet 3.0 Copyright 2006" in sources
+
+
+def test_wordnet_examples_are_filtered_sentences(tmp_path):
+    from talkinghead_cli.data.synthetic.sentences import wordnet_examples
+
+    head = "  1 This software and database is being provided to you\n"
+    for pos in ("noun", "verb", "adj", "adv"):
+        (tmp_path / f"data.{pos}").write_text(head)
+    (tmp_path / "data.verb").write_text(
+        head + '00001 29 v 01 run 0 | move fast; "she ran to the old shop on the corner"; "ran home"\n'
+        '00002 29 v 01 go 0 | proceed; "She ran to the old shop on the corner."; "he paid $5 for the shop on the hill"\n'
+        '00003 29 v 01 x 0 | x; "what the hell did you do with the car"\n')
+    assert wordnet_examples(tmp_path) == ["She ran to the old shop on the corner."]
+
+
 @pytest.mark.parametrize("vowel", ["AA", "AE", "AO"])
 def test_vowel_between_bilabials_still_opens(rig, vowel):
     """'Bob', 'map', 'palm': the lips close at the consonants, the jaw and lips open for the vowel."""
@@ -223,9 +245,12 @@ def test_phoneme_check_flags_a_closed_vowel_next_to_bilabials():
         return {"phoneme": ph, "dur": 0.1, "gap": gap, "gap_rel": gap / 6.0, "min_gap_rel": min_rel, "jaw": jaw,
                 "rounding": rounding, "spread": spread, "next_to_bilabial": nb}
 
+    n = pc.load_targets()["min_count"]
     good = [row("AA", 5.0, False), row("AA", 5.5, False), row("AE", 4.5, True), row("B", 0.0, False, min_rel=0.0)]
-    assert pc.check(pc.phoneme_table(good)) == []
+    assert pc.check(pc.phoneme_table(good * n)) == []
     bad = good[:2] + [row("AE", 1.3, True)] + [row("B", 2.0, False, min_rel=0.4)]
+    assert pc.check(pc.phoneme_table(bad * (n - 1))) == []  # too few segments to judge
+    bad = bad * n
     misses = pc.check(pc.phoneme_table(bad))
     assert any(m.startswith("open vowel next to P B M: gap") for m in misses), misses
     assert any(m.startswith("bilabial P B M: closed") for m in misses), misses

@@ -42,11 +42,25 @@ from talkinghead_cli.errors import UserError
 from talkinghead_cli.progress import ProgressFn, report
 
 FORMAT = "avtalk-synthetic/1"
-# Voices: (backend, name). Train and test-B pools share no variant and no dialect.
-TRAIN_VOICES = [("piper", "joe")] + [("espeak", f"en-us+{v}") for v in
-                                     ("m1", "f1", "m3", "f2", "m2", "f3", "m4", "f4", "klatt", "m5")]
-TEST_B_VOICES = [("espeak", "en-gb-x-rp+m7"), ("espeak", "en-gb-scotland+f5"), ("espeak", "en-029+m6"),
-                 ("espeak", "en-us-nyc+klatt3")]
+# Voices: (backend, name). Train and test-B pools share no variant, no dialect, no speaker.
+# Backends alternate, so a corpus of 5 train speakers already has all three.
+TRAIN_VOICES = [("piper", "joe"), ("espeak", "en-us+m1"), ("festival", "kal"), ("espeak", "en-us+f1"),
+                ("festival", "slt")] + [("espeak", f"en-us+{v}") for v in
+                                        ("m3", "f2", "m2", "f3", "m4", "f4", "klatt", "m5")]
+TEST_B_VOICES = [("espeak", "en-gb-x-rp+m7"), ("festival", "ked"), ("espeak", "en-gb-scotland+f5"),
+                 ("espeak", "en-029+m6"), ("espeak", "en-us-nyc+klatt3")]
+BACKENDS = ("piper", "espeak", "festival")
+
+
+def default_tts() -> list[str]:
+    """All backends; festival only where its program is installed (else a warning says so)."""
+    import shutil
+
+    if shutil.which("festival"):
+        return list(BACKENDS)
+    warnings.warn("festival is not installed: the corpus uses piper and espeak voices only "
+                  "(apt-get install festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts)", stacklevel=2)
+    return ["piper", "espeak"]
 
 
 class SynthConfig(BaseModel):
@@ -57,7 +71,7 @@ class SynthConfig(BaseModel):
     subjects: int = Field(12, ge=1, le=200)
     sentences: int = Field(40, ge=1, le=999)
     rig: Optional[Path] = None
-    tts: list[str] = ["piper", "espeak"]
+    tts: Optional[list[str]] = None  # None: default_tts()
     fps: float = Field(30.0, gt=0, le=240)
     seed: int = Field(0, ge=0)
     sentences_file: Optional[Path] = None
@@ -66,6 +80,7 @@ class SynthConfig(BaseModel):
     test_b_subjects: Optional[int] = Field(None, ge=0)
     from_recordings: Optional[Path] = None
     voices: Optional[list[str]] = None  # train voices as backend:name, replacing TRAIN_VOICES
+    jobs: Optional[int] = Field(None, ge=1, le=256)  # processes; None: one per core (not in the output)
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -74,16 +89,19 @@ def _rng(*keys: int) -> np.random.Generator:
 
 def _parse_voice(spec: str) -> tuple[str, str]:
     backend, sep, name = spec.partition(":")
-    if not sep or backend not in ("piper", "espeak") or not name:
-        raise UserError(f"bad voice {spec!r}", None, "write voices as piper:joe or espeak:en-us+f3")
+    if not sep or backend not in BACKENDS or not name:
+        raise UserError(f"bad voice {spec!r}", None, "write voices as piper:joe, espeak:en-us+f3 or festival:kal")
     return backend, name
 
 
 def plan_subjects(cfg: SynthConfig) -> list[dict]:
     """Subject names, voices, styles and splits (deterministic in ``cfg.seed``)."""
+    if cfg.tts is None:
+        cfg = cfg.model_copy(update={"tts": default_tts()})
     for b in cfg.tts:
-        if b not in ("piper", "espeak"):
-            raise UserError(f"unknown TTS backend {b!r}", None, "use --tts piper, espeak or piper,espeak")
+        if b not in BACKENDS:
+            raise UserError(f"unknown TTS backend {b!r}", None, "use --tts with piper, espeak and/or festival, "
+                            "e.g. piper,espeak")
     n_b = cfg.test_b_subjects if cfg.test_b_subjects is not None else (max(1, round(cfg.subjects / 6))
                                                                        if cfg.subjects >= 3 else 0)
     n_b = min(n_b, cfg.subjects - 1)
@@ -179,15 +197,30 @@ def _utterance(rig: Rig, template: np.ndarray, subj: dict, nn: int, text: str, s
     weights = articulate(speech.segments, frames, cfg.fps, rig.names, subj["style"],
                          seed=int(_rng(cfg.seed, 5, subj["index"], nn).integers(2 ** 31)))
     verts = rig.pose(weights, template).reshape(frames, -1)
-    save_wav(work / "wav" / f"{uid}.wav", speech.wave, SAMPLE_RATE)
-    np.save(work / "vertices_npy" / f"{uid}.npy", verts.astype(np.float32))
-    np.save(work / "blendshapes_npy" / f"{uid}.npy", weights.astype(np.float32))
+    save_wav(work / "wav" / f"{uid}.wav", speech.wave, SAMPLE_RATE)  # each file atomic
+    for sub, arr in (("vertices_npy", verts), ("blendshapes_npy", weights)):
+        with atomic_file(work / sub / f"{uid}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, arr.astype(np.float32))
     entry = {"id": uid, "subject": subj["name"], "sentence": nn, "text": text, "split": split,
              "num_frames": frames, "duration": round(speech.duration, 6),
              "phonemes": [[a, b, s] for a, b, s in speech.segments]}
     with atomic_file(work / "parts" / f"{uid}.json") as tmp:  # written last: marks it done
         tmp.write_text(json.dumps(entry))
     return entry
+
+
+def _utterance_maker(cfg: SynthConfig, work: Path):
+    """Per process (see :mod:`.jobs`): load the rig once; return item -> manifest entry."""
+    rig = load_rig(cfg.rig)
+    templates: dict[int, np.ndarray] = {}
+
+    def run(item: tuple[dict, int, str, str]) -> dict:
+        subj, nn, text, split = item
+        if subj["index"] not in templates:
+            templates[subj["index"]] = identity_template(rig, cfg.seed, subj["index"])
+        return _utterance(rig, templates[subj["index"]], subj, nn, text, split, cfg, work)
+
+    return run
 
 
 def _prepare_work(cfg: SynthConfig, settings: dict) -> Path:
@@ -261,6 +294,8 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
 
     if cfg.from_recordings is not None:
         return label_recordings(cfg, progress)
+    if cfg.tts is None:
+        cfg = cfg.model_copy(update={"tts": default_tts()})
     sentences = load_sentences(cfg.sentences_file)
     rig = load_rig(cfg.rig)
     subjects = plan_subjects(cfg)
@@ -273,22 +308,27 @@ def build_corpus(cfg: SynthConfig, progress: ProgressFn | None = None) -> dict:
     check_room(cfg.out, synth_bytes([t for v in plan.values() for t, _ in v], cfg.fps, len(rig.template),
                                     len(rig.names)), "the corpus", per_frame_files=False)  # before any synthesis
     work = _prepare_work(cfg, _settings(cfg, sentences))
-    total = sum(len(v) for v in plan.values())
-    done = 0
-    entries, templates, texts = [], {}, {}
-    report(progress, 0, total)
-    for subj in subjects:
-        template = identity_template(rig, cfg.seed, subj["index"])
-        templates[subj["name"]] = template
-        texts[subj["name"]] = [t for t, _ in plan[subj["name"]]]
-        for nn, (text, split) in enumerate(plan[subj["name"]], start=1):
-            part = work / "parts" / f"{subj['name']}_sentence{nn:02d}.json"
-            if part.exists():
-                entries.append(json.loads(part.read_text()))
-            else:
-                entries.append(_utterance(rig, template, subj, nn, text, split, cfg, work))
-            done += 1
-            report(progress, done, total)
+    from talkinghead_cli.data.synthetic.jobs import default_jobs, run_items
+
+    items = [(subj, nn, text, split) for subj in subjects
+             for nn, (text, split) in enumerate(plan[subj["name"]], start=1)]
+    found: dict[str, dict] = {}
+    for subj, nn, _, _ in items:  # a resumed run keeps what the interrupted one finished
+        part = work / "parts" / f"{subj['name']}_sentence{nn:02d}.json"
+        if part.exists():
+            found[part.stem] = json.loads(part.read_text())
+    total = len(items)
+    report(progress, len(found), total)
+
+    def done(entry: dict) -> None:
+        found[entry["id"]] = entry
+        report(progress, len(found), total)
+
+    todo = [it for it in items if f"{it[0]['name']}_sentence{it[1]:02d}" not in found]
+    run_items(todo, cfg.jobs or default_jobs(), _utterance_maker, (cfg, work), done)
+    entries = [found[f"{subj['name']}_sentence{nn:02d}"] for subj, nn, _, _ in items]
+    templates = {s["name"]: identity_template(rig, cfg.seed, s["index"]) for s in subjects}
+    texts = {s["name"]: [t for t, _ in plan[s["name"]]] for s in subjects}
     subj_json = {s["name"]: {"voice": s["voice"].to_json() | {"id": s["voice"].id}, "style": s["style"].to_json(),
                              "split": s["split"]} for s in subjects}
     fps = int(cfg.fps) if float(cfg.fps).is_integer() else cfg.fps

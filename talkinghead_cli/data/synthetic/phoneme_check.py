@@ -152,18 +152,20 @@ def check(table: dict[str, dict], targets: dict | None = None) -> list[str]:
     """The targets a table misses, one readable line each (empty: all met).
 
     A target is ``[group, figure, op, value]`` with op ``>=`` or ``<=``; the value is a
-    number, or ``[factor, group2]`` for a factor of another group's figure.
+    number, or ``[factor, group2]`` for a factor of another group's figure. Groups with
+    fewer than the targets' ``min_count`` segments are not judged.
     """
     targets = targets or load_targets()
+    least = int(targets.get("min_count", 1))  # a median of a handful of segments judges nothing
     misses = []
     for group, figure, op, value in targets["targets"]:
         row = table.get(group, {})
-        if not row.get("count"):
-            continue  # a small corpus may lack a group; nothing to check
+        if row.get("count", 0) < least:
+            continue  # a small corpus may lack a group, or hold too few of it; nothing to check
         have = row[figure]
         if isinstance(value, list):
             factor, other = value
-            if not table.get(other, {}).get("count"):
+            if table.get(other, {}).get("count", 0) < least:
                 continue
             limit, what = factor * table[other][figure], f"{factor} x {other} ({table[other][figure]:.3f})"
         else:

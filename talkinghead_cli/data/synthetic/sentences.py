@@ -1,11 +1,18 @@
-"""The corpus's English sentences: a small grammar, word lists, and phonetic balance.
+"""The corpus's English sentences: a small grammar, WordNet's usage examples, phonetic balance.
 
-``sentences.txt`` beside this file was written by :func:`main` (``python -m
-talkinghead_cli.data.synthetic.sentences``): sentences generated from the templates
-below with a fixed seed, phonemised with the CMU dictionary that ships in the
-``pocketsphinx`` package, and chosen greedily so that rare phonemes (ZH, OY, UH, TH, ...)
-occur often. Every word of the lists is in the CMU dictionary, so every sentence is
-pronounceable. Users can pass their own list with ``--sentences-file``.
+The built-in list is two files beside this one (``SOURCES.md`` says where each comes from
+and under which licence), written by :func:`main` (``python -m
+talkinghead_cli.data.synthetic.sentences``):
+
+- ``sentences.txt``: sentences generated from the templates below with a fixed seed
+  (many names, bilabials and open vowels, a narrow grammar);
+- ``sentences_wordnet.txt``: usage examples from the glosses of WordNet 3.0 (Debian
+  ``wordnet-base``), everyday English of varied grammar and vocabulary.
+
+Both are phonemised with the CMU dictionary that ships in the ``pocketsphinx`` package
+and chosen greedily so that rare phonemes (ZH, OY, UH, TH, ...) occur often; every word
+is in the dictionary, so every sentence is pronounceable. Users can pass their own list
+with ``--sentences-file``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from pathlib import Path
 from talkinghead_cli.errors import UserError
 
 SENTENCES_FILE = Path(__file__).with_name("sentences.txt")
-
+WORDNET_FILE = Path(__file__).with_name("sentences_wordnet.txt")
+BUILTIN_FILES = (SENTENCES_FILE, WORDNET_FILE)
+WORDNET_DIR = Path("/usr/share/wordnet")  # Debian wordnet-base
+# Examples with these words are left out of the corpus (slurs, profanity, violence against people).
+BLOCK = set("""nigger nigga negro negroes kike spic chink fag faggot dyke whore slut bitch bastard cunt fuck fucking
+shit damn damned hell ass arse piss prick cock dick pussy tits rape raped raping rapist kill killed killing
+murder murdered suicide nazi nazis hitler sex sexual sexy porn nude naked drunk drunken dope cocaine heroin
+bomb bombs torture tortured lynch lynched slave slaves""".split())
 NAMES = "Bob Judy Mike Paula Thomas Vivian George Joyce Ruth Shawn Nora Hugo Zoe Kevin Wanda Chad".split()
 ADJ = ("big small yellow red blue green old young quiet noisy smooth rough warm cool cheap beige "
        "thick thin fresh brown pink huge tiny heavy shiny usual wooden golden curious happy").split()
@@ -108,13 +122,38 @@ def select_balanced(candidates: list[str], cmu: dict, count: int) -> list[str]:
     return chosen
 
 
+def wordnet_examples(folder: Path = WORDNET_DIR, min_words: int = 6, max_words: int = 16) -> list[str]:
+    """Usage examples quoted in WordNet's glosses, as sentences (capitalised, end punctuation).
+
+    Kept: letters and plain punctuation only, ``min_words..max_words`` words, none in
+    :data:`BLOCK`; first occurrence of each (case-insensitive), in file order.
+    """
+    seen: dict[str, str] = {}
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in (folder / f"data.{pos}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the licence header
+                continue
+            for ex in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
+                ex = ex.strip()
+                n = len(words(ex))
+                if (re.search(r"[^A-Za-z ,.'?!-]", ex) or "--" in ex or not min_words <= n <= max_words
+                        or BLOCK & set(words(ex))):
+                    continue
+                ex = ex[0].upper() + ex[1:] + ("" if ex[-1] in ".?!" else ".")
+                seen.setdefault(ex.lower(), ex)
+    return list(seen.values())
+
+
 def load_sentences(path: str | Path | None = None) -> list[str]:
-    """Sentences, one a line (blank lines and ``#`` comments skipped).
+    """Sentences, one a line (blank lines and ``#`` comments skipped); None: the built-in
+    lists (:data:`BUILTIN_FILES`), without repeats.
 
     Raises:
         UserError: missing/unreadable file or no sentence in it.
     """
-    p = Path(path) if path is not None else SENTENCES_FILE
+    if path is None:
+        return list(dict.fromkeys(s for f in BUILTIN_FILES for s in load_sentences(f)))
+    p = Path(path)
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -125,14 +164,17 @@ def load_sentences(path: str | Path | None = None) -> list[str]:
     return out
 
 
-def main() -> None:  # pragma: no cover - regenerates the shipped data file
+def main() -> None:  # pragma: no cover - regenerates the shipped data files
     from talkinghead_cli.atomic import atomic_file
 
     cmu = load_cmudict()
-    chosen = select_balanced(generate(), cmu, 2000)
-    with atomic_file(SENTENCES_FILE) as tmp:
-        tmp.write_text("\n".join(chosen) + "\n", encoding="utf-8")
-    print(f"{len(chosen)} sentences -> {SENTENCES_FILE}")
+    examples = wordnet_examples()
+    random.Random(13).shuffle(examples)  # the greedy choice looks at a window of candidates
+    for path, candidates, count in ((SENTENCES_FILE, generate(), 2000), (WORDNET_FILE, examples, 3000)):
+        chosen = select_balanced(candidates, cmu, count)
+        with atomic_file(path) as tmp:
+            tmp.write_text("\n".join(chosen) + "\n", encoding="utf-8")
+        print(f"{len(chosen)} sentences from {len(candidates)} candidates -> {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

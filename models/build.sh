@@ -8,29 +8,31 @@ work=${1:-build}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$work"
 
-# 1. the synthetic corpus: 14 speakers x 120 sentences (TTS + the facecap ARKit rig)
-avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0
+# 1. the synthetic corpus: 14 speakers x 120 sentences (TTS + the facecap ARKit rig), piper and
+#    espeak-ng voices and the grammar sentences (the corpus these models were trained on; the
+#    default `avtalk synth` now also draws on festival voices and WordNet's sentences)
+avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0 \
+    --tts piper,espeak --sentences-file "$here/../talkinghead_cli/data/synthetic/sentences.txt"
 
 # 2. stage 1: the lip-reading expert on renders of ground-truth meshes
-#    (the bundled avtalk-expert-tiny.pt is the previous build's, trained on the corpus before the
-#    articulation fix; this step trains one on the current corpus: see models/avtalk-tiny.md)
 avtalk finetune-expert --dataset synthetic --data-root "$work/corpus" -o "$work/runs/expert" \
     --config "$here/expert-tiny.json"
 
-# 3. a shared start for both animators (vertex MSE + lip-vertex loss, same seed)
+# 3. frozen Whisper tiny.en features of every utterance (cached in $work/corpus/features/), then
+#    a shared start for both animators (vertex MSE + lip-vertex loss, same seed)
+avtalk features --dataset synthetic --data-root "$work/corpus"
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base" \
-    --size tiny --epochs 12 --seed 0
+    --size tiny --epochs 12 --seed 0 --encoder whisper-tiny-ct2
 
 # 4. stage 2: the same animator continued with and without the lip-reading loss
 #    (same start, seed, epochs and cosine learning-rate decay; the MSE twin trains on the vertex
-#    MSE alone, the AV twin adds the lip-vertex loss and lambda_av * L_av, lambda_av chosen on
-#    val: see models/avtalk-tiny.md). The MSE twin is the registry's default animator.
-avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/mse" \
-    --size tiny --epochs 2 --seed 1 --lr 3e-5 --lr-schedule cosine --init-from "$work/runs/base/best.pt" \
-    --lambda-rlv 0
-avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/av" \
-    --size tiny --epochs 2 --seed 1 --lr 3e-5 --lr-schedule cosine --init-from "$work/runs/base/best.pt" \
-    --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-8
+#    MSE, the AV twin adds the lip-vertex loss and lambda_av * L_av; both add the mouth-opening
+#    term (lambda_gap 3) and the mesh-Laplacian term (lambda_lap 100): see models/avtalk-tiny.md).
+twin=(--dataset synthetic --data-root "$work/corpus" --size tiny --epochs 2 --seed 1 --lr 3e-5
+      --lr-schedule cosine --init-from "$work/runs/base/best.pt" --encoder whisper-tiny-ct2
+      --lambda-gap 3 --lambda-lap 100)
+avtalk train "${twin[@]}" -o "$work/runs/mse" --lambda-rlv 0
+avtalk train "${twin[@]}" -o "$work/runs/av" --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-8
 
 # 5. the paper's table in our setting
 for split in test test_b; do

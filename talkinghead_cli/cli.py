@@ -173,7 +173,7 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Total epochs [default: 100]."),
     animator: Optional[str] = typer.Option(None, "--animator", help="faceformer or codetalker."),
     size: Optional[str] = typer.Option(None, "--size", help="tiny, vocaset or biwi."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, whisper-tiny-ct2 (pretrained, needs the speech extra), or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Audio encoder: mel, whisper-tiny-ct2 (pretrained Whisper tiny.en, frozen), or hf:HUB_ID_OR_FOLDER (wav2vec2, HuBERT, WavLM) [default: mel]."),
     stage: Optional[int] = typer.Option(None, "--stage", help="CodeTalker stage: 1 (motion codebook) or 2."),
     config: Optional[Path] = typer.Option(None, "--config", help="train.json/.yaml whose values the flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),

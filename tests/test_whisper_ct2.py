@@ -25,7 +25,7 @@ from talkinghead_cli.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / "examples" / "speech.wav"
 MISSING = W.available()
-needs_model = pytest.mark.skipif(MISSING is not None, reason=f"speech extra not installed: {MISSING}")
+needs_model = pytest.mark.skipif(MISSING is not None, reason=f"the Whisper encoder is not installed: {MISSING}")
 
 
 def test_log_mel_matches_transformers_whisper_feature_extractor():

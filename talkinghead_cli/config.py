@@ -68,6 +68,8 @@ class TrainConfig(_Strict):
     # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
     lambda_gap: float = Field(0.0, ge=0)
     lambda_vel: float = Field(0.0, ge=0)
+    # weight of the frames where the target's lips are shut, inside the mouth-opening term
+    gap_closed_weight: float = Field(1.0, ge=1)
     # MSE of the mesh Laplacians (training.losses.laplacian_loss): keeps creases out
     lambda_lap: float = Field(0.0, ge=0)
     # audio augmentation of the training split (data.augment): effect probabilities, or None

@@ -99,6 +99,25 @@ def test_opening_indices_and_gap_loss():
     assert torch.isclose(loss, torch.tensor(0.08)) and {"gap", "vel"} <= set(logs)
 
 
+def test_gap_loss_weights_the_shut_frames():
+    x, y = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 4))
+    template = torch.tensor(np.stack([x.ravel(), y.ravel(), np.zeros(20)], 1), dtype=torch.float32)
+    upper, lower = opening_indices(template, torch.arange(20))
+    # the target opens by 1.0 on frames 0-4 and is shut (gap as in the template) on 5-9
+    target = template[None, None].repeat(1, 10, 1, 1)
+    target[:, :5, lower, 1] -= 1.0
+    pred = target.clone()
+    pred[:, 5:, lower, 1] -= 0.3  # stops 0.3 short of the seal on the shut frames
+    base_gap = float((template[upper, 1].mean() - template[lower, 1].mean()))
+    plain = lip_gap_loss(pred, target, upper, lower)
+    assert plain.item() == pytest.approx(0.5 * 0.09, rel=1e-5)
+    weighted = lip_gap_loss(pred, target, upper, lower, closed_weight=4.0, closed_below=0.9)
+    # shut frames: gap base_gap < 0.9 * p95 (base_gap + 1): weight 4 on 5 of 10 frames
+    assert base_gap < 0.9 * (base_gap + 1.0)
+    assert weighted.item() == pytest.approx(4 * 5 * 0.09 / (4 * 5 + 5), rel=1e-5)
+    assert lip_gap_loss(pred, target, upper, lower, closed_weight=1.0).item() == pytest.approx(plain.item())
+
+
 def test_laplacian_loss_charges_creases_not_smooth_motion():
     x, y = np.meshgrid(np.arange(4.0), np.arange(4.0))
     template = np.stack([x.ravel(), y.ravel(), np.zeros(16)], 1)
@@ -122,7 +141,8 @@ def test_laplacian_loss_charges_creases_not_smooth_motion():
 def test_train_with_augmentation_and_opening_loss(tmp_path):
     root = write_toy_corpus(tmp_path / "c", {V.TRAIN_SUBJECTS[0]: [1, 2], V.VAL_SUBJECTS[0]: [21]}, seconds=0.6)
     cfg = TrainConfig(dataset="vocaset", data_root=root, run_dir=tmp_path / "run", epochs=2, lr=1e-3,
-                      augment=AugmentConfig(), lambda_gap=10.0, lambda_vel=1.0, lambda_lap=10.0)
+                      augment=AugmentConfig(), lambda_gap=10.0, lambda_vel=1.0, lambda_lap=10.0,
+                      gap_closed_weight=5.0)
     result = train(cfg)
     assert len(result.history) == 2 and np.isfinite(result.history[-1]["loss"])
     with pytest.raises(ValueError):

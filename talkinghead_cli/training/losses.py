@@ -52,24 +52,34 @@ def opening_indices(template: torch.Tensor, lip: torch.Tensor) -> tuple[torch.Te
 
 
 def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
-                 lower: torch.Tensor) -> torch.Tensor:
+                 lower: torch.Tensor, closed_weight: float = 1.0, closed_below: float = 0.25) -> torch.Tensor:
     """MSE of the mouth-opening curves (mean upper minus mean lower lip height per frame).
 
     The vertex MSE spreads its error over thousands of vertices; this term looks only at how
     far the mouth opens, so a prediction that hovers at the mean mouth (half open at every
     /p b m/, half shut at every open vowel) pays for it directly.
 
+    ``closed_weight`` > 1 weights the frames where the target's lips are shut (its gap under
+    ``closed_below`` x its own 95th-percentile gap, the rule of
+    :func:`talkinghead_cli.articulation_metrics.closures`) that much more: a seal lasts a few
+    frames, so in a plain mean a prediction that stops short of it costs little.
+
     Args:
         pred, target: (B, T, V, 3) (cut to the shorter length); upper, lower: index tensors.
     Returns:
-        scalar.
+        scalar (the weighted mean; equal to the MSE when ``closed_weight`` is 1).
     """
     t = min(pred.shape[1], target.shape[1])
 
     def gap(v):
         return v[:, :t, upper.to(v.device), 1].float().mean(-1) - v[:, :t, lower.to(v.device), 1].float().mean(-1)
 
-    return torch.nn.functional.mse_loss(gap(pred), gap(target))
+    g_pred, g_true = gap(pred), gap(target)
+    if closed_weight == 1.0:
+        return torch.nn.functional.mse_loss(g_pred, g_true)
+    p95 = torch.quantile(g_true.detach(), 0.95, dim=1, keepdim=True)
+    w = torch.where(g_true.detach() < closed_below * p95, closed_weight, 1.0)
+    return (w * (g_pred - g_true) ** 2).sum() / w.sum()
 
 
 def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -108,12 +118,13 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
                av: ExpertLoss | None = None, av_weight: float = 0.0,
                opening: tuple[torch.Tensor, torch.Tensor] | None = None, gap_weight: float = 0.0,
                vel_weight: float = 0.0, lap: torch.Tensor | None = None,
-               lap_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+               lap_weight: float = 0.0, closed_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av
     + gap_weight × L_gap + vel_weight × L_vel + lap_weight × L_lap.
 
     L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given,
-    L_gap (:func:`lip_gap_loss`) when ``opening`` = (upper, lower) indices is given, L_vel
+    L_gap (:func:`lip_gap_loss`, its shut frames weighted ``closed_weight``) when ``opening`` =
+    (upper, lower) indices is given, L_vel
     (:func:`velocity_loss`), L_lap (:func:`laplacian_loss`) when the Laplacian ``lap`` is given.
     A weight of 0 drops its term from the graph.
 
@@ -128,7 +139,7 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
         loss = loss + lip_weight * rlv
         logs["lip"] = float(rlv.detach())
     if opening is not None and gap_weight > 0 and pred is not None:
-        gap = lip_gap_loss(pred, target, *opening)
+        gap = lip_gap_loss(pred, target, *opening, closed_weight=closed_weight)
         loss = loss + gap_weight * gap
         logs["gap"] = float(gap.detach())
     if vel_weight > 0 and pred is not None:

@@ -59,10 +59,11 @@ def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
     far the mouth opens, so a prediction that hovers at the mean mouth (half open at every
     /p b m/, half shut at every open vowel) pays for it directly.
 
-    ``closed_weight`` > 1 weights the frames where the target's lips are shut (its gap under
-    ``closed_below`` x its own 95th-percentile gap, the rule of
-    :func:`talkinghead_cli.articulation_metrics.closures`) that much more: a seal lasts a few
-    frames, so in a plain mean a prediction that stops short of it costs little.
+    ``closed_weight`` > 1 weights the frames where the target's lips are shut that much more:
+    a seal lasts a few frames, so in a plain mean a prediction that stops short of it costs
+    little. Shut: the target's curve within ``closed_below`` of its range (smallest value to
+    95th percentile) above its smallest value, per sequence (these vertices sit on the lips'
+    outer faces, so a shut mouth's curve is the lips' thickness, not 0).
 
     Args:
         pred, target: (B, T, V, 3) (cut to the shorter length); upper, lower: index tensors.
@@ -77,8 +78,9 @@ def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
     g_pred, g_true = gap(pred), gap(target)
     if closed_weight == 1.0:
         return torch.nn.functional.mse_loss(g_pred, g_true)
-    p95 = torch.quantile(g_true.detach(), 0.95, dim=1, keepdim=True)
-    w = torch.where(g_true.detach() < closed_below * p95, closed_weight, 1.0)
+    g = g_true.detach()
+    low, p95 = g.min(dim=1, keepdim=True).values, torch.quantile(g, 0.95, dim=1, keepdim=True)
+    w = torch.where(g - low < closed_below * (p95 - low), closed_weight, 1.0)
     return (w * (g_pred - g_true) ** 2).sum() / w.sum()
 
 

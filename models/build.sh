@@ -27,10 +27,11 @@ avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base"
 # 4. stage 2: the same animator continued with and without the lip-reading loss
 #    (same start, seed, epochs and cosine learning-rate decay; the MSE twin trains on the vertex
 #    MSE, the AV twin adds the lip-vertex loss and lambda_av * L_av; both add the mouth-opening
-#    term (lambda_gap 3) and the mesh-Laplacian term (lambda_lap 100): see models/avtalk-tiny.md).
+#    term (lambda_gap 3, shut frames weighted 5x) and the mesh-Laplacian term (lambda_lap 100):
+#    see models/avtalk-tiny.md).
 twin=(--dataset synthetic --data-root "$work/corpus" --size tiny --epochs 2 --seed 1 --lr 3e-5
       --lr-schedule cosine --init-from "$work/runs/base/best.pt" --encoder whisper-tiny-ct2
-      --lambda-gap 3 --lambda-lap 100)
+      --lambda-gap 3 --gap-closed-weight 5 --lambda-lap 100)
 avtalk train "${twin[@]}" -o "$work/runs/mse" --lambda-rlv 0
 avtalk train "${twin[@]}" -o "$work/runs/av" --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-8
 

@@ -357,7 +357,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     loop = _Loop(cfg, model, acfg, corpus, device, step_module, opt, scaler, autocast, ddp, lip,
-                 *_shape_terms(cfg, corpus, lip), av, log, history, best)
+                 *_shape_terms(cfg, corpus, lip, device), av, log, history, best)
     per_epoch = len(_shard(len(train_ds), 0, cfg.seed, d))
     total = cfg.epochs * per_epoch
     if d.main:
@@ -383,14 +383,15 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     return TrainResult(Path(cfg.run_dir), cfg.epochs, loop.best.get("epoch"), loop.best, loop.history)
 
 
-def _shape_terms(cfg: TrainConfig, corpus: Corpus, lip: torch.Tensor | None):
-    """The fixed inputs of the lip-gap and Laplacian terms -> (opening pairs, (V, V) sparse
-    Laplacian), each None when its weight is 0 (or, for the gap, without lip indices)."""
+def _shape_terms(cfg: TrainConfig, corpus: Corpus, lip: torch.Tensor | None, device: torch.device):
+    """The fixed inputs of the lip-gap and Laplacian terms, on ``device`` once for the run ->
+    (opening pairs, (V, V) sparse Laplacian), each None when its weight is 0 (or, for the gap,
+    without lip indices)."""
     template = corpus.templates[corpus.train_subjects[0]]
     opening = None
     if lip is not None and cfg.lambda_gap > 0:
-        opening = opening_indices(torch.as_tensor(template), lip)
-    lap = laplacian_matrix(corpus.faces, len(template)) if cfg.lambda_lap > 0 else None
+        opening = tuple(i.to(device) for i in opening_indices(torch.as_tensor(template), lip))
+    lap = laplacian_matrix(corpus.faces, len(template)).to(device) if cfg.lambda_lap > 0 else None
     return opening, lap
 
 

@@ -115,10 +115,10 @@ def timed_ipa_to_segments(tokens: list[tuple[str, float]]) -> list[tuple[float, 
         for sym in syms:
             segs.append((t, t + step, sym))
             t += step
-    return _merge_silence(segs)
+    return merge_silence(segs)
 
 
-def _merge_silence(segs: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+def merge_silence(segs: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
     out: list[tuple[float, float, str]] = []
     for a, b, s in segs:
         if b <= a:

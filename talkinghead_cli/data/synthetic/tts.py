@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from talkinghead_cli.audio import SAMPLE_RATE, resample
-from talkinghead_cli.data.synthetic.phonemes import ARPABET, SILENCE, _merge_silence, timed_ipa_to_segments
+from talkinghead_cli.data.synthetic.phonemes import ARPABET, SILENCE, merge_silence, timed_ipa_to_segments
 from talkinghead_cli.errors import UserError
 
 Segment = tuple[float, float, str]
@@ -355,7 +355,7 @@ class FestivalBackend:
         if not segs or not np.abs(wave).max() > 0:
             raise UserError("the text has nothing to speak", None, "give a sentence with words")
         peak = float(np.abs(wave).max())
-        return _finish(0.9 * wave / peak, sr, _merge_silence(segs))
+        return _finish(0.9 * wave / peak, sr, merge_silence(segs))
 
 
 # --------------------------------------------------------------------------- registry

@@ -294,7 +294,7 @@ def animate_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="Output folder; may exist (`.` too): only avtalk's own outputs in it are replaced, each atomically; one speech file is written into it, several into OUT/<stem>/ (OUT/<stem>-2/ for a repeated stem)."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c", help="Animator checkpoint (.pt from avtalk train) or a registered model name [default: the bundled default]."),
     style: Optional[str] = typer.Option(None, "--style", help="SUBJECT or A:0.5,B:0.5 [default: the mean style]."),
-    fmt: str = typer.Option("obj", "--format", help="Comma list of obj, ply, npy, npz, gltf (GLB with morph targets), usd (USD stage), arkit (52 blendshape curves: arkit.csv/json), livelink (Live Link Face CSV)."),
+    fmt: list[str] = typer.Option(["obj"], "--format", help="Comma list (or repeat the option) of obj, ply, npy, npz, gltf (GLB with morph targets), usd (USD stage), arkit (52 blendshape curves: arkit.csv/json), livelink (Live Link Face CSV)."),
     no_video: bool = typer.Option(False, "--no-video", help="Skip preview.mp4."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     allow_long: bool = typer.Option(False, "--allow-long", help="Accept speech longer than 1 h."),
@@ -311,7 +311,7 @@ def animate_cmd(
     from talkinghead_cli.config import AnimateConfig, build_config
 
     cfg = build_config(AnimateConfig, {}, dict(audio=audio, out=output, checkpoint=checkpoint, template=template,
-                                               style=style, format=fmt, video=not no_video, device=device,
+                                               style=style, format=",".join(fmt), video=not no_video, device=device,
                                                allow_long=allow_long, landmarks=landmarks), command="animate")
     human = console if json_path is not None and str(json_path) == "-" else out
     _, _, skipped = speech_inputs(list(cfg.audio))

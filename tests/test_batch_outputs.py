@@ -97,6 +97,14 @@ def test_batch_with_a_corrupt_file_keeps_the_good_ones(checkpoint, speech, tmp_p
     assert "vertices.npy" in captured.out and "animation.json" in captured.out  # files written are listed
 
 
+def test_repeated_format_options_add_up(checkpoint, speech, tmp_path):
+    out = tmp_path / "out"
+    assert avtalk("-q", "animate", speech, "-o", out, "--checkpoint", checkpoint, "--format", "npz",
+                  "--format", "ply", "--no-video") == 0
+    assert (out / "sequence.npz").exists() and (out / "meshes").is_dir()
+    assert next((out / "meshes").iterdir()).suffix == ".ply"
+
+
 def test_user_files_survive_and_stale_outputs_go(checkpoint, speech, tmp_path, capsys):
     out = tmp_path / "out"
     assert avtalk("-q", "animate", speech, "-o", out, "--checkpoint", checkpoint, "--format", "obj,npz",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -245,6 +246,12 @@ def _previous_outputs(folder: Path) -> list[str]:
         return []
 
 
+def _write_preview(verts, mesh: Mesh, path: Path, fps: float, audio: np.ndarray, sample_rate: int) -> None:
+    from talkinghead_cli.video import render_preview
+
+    render_preview(verts, mesh.faces, path, fps=fps, audio=audio, sample_rate=sample_rate, template=mesh.verts)
+
+
 def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
                  wav: Path, dest: Path, final: Path, progress: ProgressFn | None,
                  rt: Retargeting | None = None, rig: tuple | None = None) -> AnimationResult:
@@ -274,18 +281,25 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     if needs_faces and len(mesh.faces) == 0:
         raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
                         cfg.checkpoint, "pass --template with faces, or --format npy --no-video")
-    written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig, (pred, source.verts),
-                                      duration=len(audio) / model.sample_rate, visuals=mesh.visuals)
+    # the preview renders (numba threads + an ffmpeg process) while this thread writes the mesh
+    # files: on 2 cores that hides most of the OBJ writing (benchmarks/bench_animate.py)
+    with ThreadPoolExecutor(1) as pool:
+        video = pool.submit(_write_preview, out, mesh, dest / "preview.mp4", fps, audio,
+                            model.sample_rate) if cfg.video else None
+        try:
+            written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig,
+                                              (pred, source.verts), duration=len(audio) / model.sample_rate,
+                                              visuals=mesh.visuals)
+        finally:
+            if video is not None:
+                video.exception()  # never leave the render running behind an error
     files += written
+    if video is not None:
+        video.result()  # re-raises the preview's error
+        files.append("preview.mp4")
     if rt is not None:
         del pred
         (dest / ".model_vertices.npy").unlink()
-    if cfg.video:
-        from talkinghead_cli.video import render_preview
-
-        render_preview(out, mesh.faces, dest / "preview.mp4", fps=fps, audio=audio,
-                       sample_rate=model.sample_rate, template=mesh.verts)
-        files.append("preview.mp4")
     duration = len(audio) / model.sample_rate
     meta = {"fps": fps, "sample_rate": int(model.sample_rate), "frames": num_frames,
             "duration": duration, "audio": str(wav),

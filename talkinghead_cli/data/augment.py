@@ -26,7 +26,6 @@ import numpy as np
 import soxr
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import signal
 
 EFFECTS = ("speed", "pitch", "reverb", "band", "noise", "level")
 __all__ = ["AugmentConfig", "AugmentedDataset", "augment"]
@@ -101,6 +100,8 @@ def room_impulse(sr: int, rt60: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def reverb(wave: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    from scipy import signal  # scipy.signal takes ~1 s to import; only training needs it
+
     ir = room_impulse(sr, rng.uniform(0.15, 0.9), rng)
     wet = signal.fftconvolve(wave, ir)[: len(wave)]
     mix = rng.uniform(0.3, 1.0)
@@ -108,6 +109,8 @@ def reverb(wave: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def band_limit(wave: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    from scipy import signal
+
     if rng.random() < 0.5:  # telephone: 300-3400 Hz band, 8 kHz, mu-law 8 bit
         sos = signal.butter(4, [300, 3400], btype="bandpass", fs=sr, output="sos")
         x = soxr.resample(signal.sosfilt(sos, wave), sr, 8000)

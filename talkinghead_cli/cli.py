@@ -182,7 +182,7 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [default: 1e-4]."),
     lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="constant (default) or cosine (decays to 0 over the run)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per optimizer step."),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (e.g. CodeTalker stage 1's best.pt)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights (e.g. CodeTalker stage 1's best.pt, or a run on other subjects: same-named subjects keep their style, new ones start at the mean)."),
     faces_from: Optional[Path] = typer.Option(None, "--faces-from", help="Mesh file giving the dataset's faces."),
     keep_60fps: Optional[bool] = typer.Option(None, "--keep-60fps", help="VOCASET: keep 60 fps instead of [::2]."),
     av_loss: Optional[bool] = typer.Option(None, "--av-loss", help="Add the lip-reading expert's loss on rendered lips (needs --expert and transcripts)."),
@@ -222,6 +222,9 @@ def train_cmd(
                           highlight=False)
         elif event["event"] == "init":
             console.print(f"initialised from {event['path']}", highlight=False)
+        elif event["event"] == "init_subjects":
+            console.print(f"subject styles: {len(event['kept'])} carried over by name, the others start at "
+                          "the mean style", highlight=False)
         elif event["event"] == "expert":
             console.print(f"lip-reading expert {event['path']} ({event['mode']}, reads {event['modalities']})",
                           highlight=False)

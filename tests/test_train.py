@@ -196,3 +196,30 @@ def test_cosine_schedule_decays_and_a_killed_run_resumes_on_its_curve(corpus, tm
     c = load_checkpoint(tmp_path / "c" / "last.pt")
     assert c["extra"]["optimizer"]["param_groups"][0]["lr"] == 1e-3
     assert any(not torch.equal(c["state_dict"][k], v) for k, v in a["state_dict"].items())
+
+
+def test_subject_rows_keep_named_styles_and_average_new_ones():
+    from talkinghead_cli.training.trainer import subject_rows
+
+    old = {"obj_vector.weight": torch.tensor([[1.0, 3.0], [2.0, 6.0]]), "emb.weight": torch.tensor([[1.0], [5.0]]),
+           "other": torch.zeros(3)}
+    own = {"obj_vector.weight": torch.zeros(2, 3), "emb.weight": torch.zeros(3, 1), "other": torch.zeros(4)}
+    state, moved = subject_rows(old, own, ["a", "b"], ["b", "c", "a"])
+    assert sorted(moved) == ["emb.weight", "obj_vector.weight"]
+    assert state["obj_vector.weight"].tolist() == [[3.0, 2.0, 1.0], [6.0, 4.0, 2.0]]  # b, mean, a
+    assert state["emb.weight"].tolist() == [[5.0], [3.0], [1.0]]
+    assert state["other"].shape == (3,)  # not a subject table: left for load_state_dict to refuse
+
+
+def test_init_from_a_run_on_other_subjects(corpus, tmp_path):
+    root = tmp_path / "other"
+    subjects = {V.TRAIN_SUBJECTS[1]: [1, 2], V.TRAIN_SUBJECTS[2]: [1], V.TRAIN_SUBJECTS[3]: [1],
+                V.VAL_SUBJECTS[0]: [21]}
+    other = write_toy_corpus(root, subjects, seconds=0.6)
+    train(TrainConfig(dataset="vocaset", data_root=corpus, run_dir=tmp_path / "a", epochs=1, lr=1e-3))
+    events = []
+    train(TrainConfig(dataset="vocaset", data_root=other, run_dir=tmp_path / "b", epochs=1, lr=1e-3,
+                      init_from=tmp_path / "a" / "best.pt"), log=events.append)
+    moved = [e for e in events if e["event"] == "init_subjects"]
+    assert moved and moved[0]["tensors"] == ["obj_vector.weight"] and moved[0]["kept"] == [V.TRAIN_SUBJECTS[1]]
+    assert load_checkpoint(tmp_path / "b" / "best.pt")["subjects"] == V.TRAIN_SUBJECTS[1:4]

@@ -395,6 +395,34 @@ def _shape_terms(cfg: TrainConfig, corpus: Corpus, lip: torch.Tensor | None, dev
     return opening, lap
 
 
+def subject_rows(state: dict, own: dict, old: list[str], new: list[str]) -> tuple[dict, list[str]]:
+    """Fit ``state`` (weights trained on the subjects ``old``) to a model trained on ``new``.
+
+    A tensor whose shape differs from the model's only along one axis that is len(old) in
+    ``state`` and len(new) in the model (FaceFormer's ``obj_vector.weight`` (d, N),
+    CodeTalker's style embedding (N, d)) is a per-subject table: a subject of the same name
+    keeps its row, a new subject starts at the mean of the old rows (an average style).
+    Returns (the state to load, the names of the tensors refitted); every other tensor is
+    passed as it is (a mismatch there still fails in ``load_state_dict``).
+    """
+    if not old or old == new:
+        return state, []
+    state, moved = dict(state), []
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is None or mine.shape == value.shape or mine.dim() != value.dim():
+            continue
+        axes = [i for i in range(value.dim()) if value.shape[i] != mine.shape[i]]
+        if len(axes) != 1 or value.shape[axes[0]] != len(old) or mine.shape[axes[0]] != len(new):
+            continue
+        ax = axes[0]
+        mean = value.mean(dim=ax, keepdim=True)
+        rows = [value.narrow(ax, old.index(name), 1) if name in old else mean for name in new]
+        state[key] = torch.cat(rows, dim=ax).to(value.dtype)
+        moved.append(key)
+    return state, moved
+
+
 def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
     """Start from ``cfg.init_from`` (CodeTalker stage 2: stage 1's codebook and decoder)."""
     stage2 = acfg.kind == "codetalker" and acfg.stage == 2
@@ -409,7 +437,12 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
             model.load_stage1(init["state_dict"])
             missing, unexpected = [], []
         else:
-            missing, unexpected = model.load_state_dict(init["state_dict"], strict=False)
+            state, moved = subject_rows(init["state_dict"], model.state_dict(), list(init.get("subjects") or []),
+                                        list(acfg.subjects))
+            if moved:
+                log({"event": "init_subjects", "tensors": moved,
+                     "kept": sorted(set(acfg.subjects) & set(init.get("subjects") or []))})
+            missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError("the --init-from weights do not fit this model (another size or topology)",
                         cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e

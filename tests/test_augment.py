@@ -117,6 +117,13 @@ def test_gap_loss_weights_the_shut_frames():
     assert base_gap > 0
     assert weighted.item() == pytest.approx(4 * 5 * 0.09 / (4 * 5 + 5), rel=1e-5)
     assert lip_gap_loss(pred, target, upper, lower, closed_weight=1.0).item() == pytest.approx(plain.item())
+    # a half-open frame (0.4 of the range) counts as shut only with a band wider than 0.4
+    target[:, 2, lower, 1] += 0.6
+    pred[:, 2, lower, 1] += 0.6 - 0.3
+    narrow = lip_gap_loss(pred, target, upper, lower, closed_weight=4.0)
+    wide = lip_gap_loss(pred, target, upper, lower, closed_weight=4.0, closed_below=0.5)
+    assert narrow.item() == pytest.approx((4 * 5 * 0.09 + 0.09) / 25, rel=1e-5)
+    assert wide.item() == pytest.approx(4 * 6 * 0.09 / (4 * 6 + 4), rel=1e-5)
 
 
 def test_laplacian_loss_charges_creases_not_smooth_motion():

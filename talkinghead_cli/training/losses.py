@@ -120,7 +120,7 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
                av: ExpertLoss | None = None, av_weight: float = 0.0,
                opening: tuple[torch.Tensor, torch.Tensor] | None = None, gap_weight: float = 0.0,
                vel_weight: float = 0.0, lap: torch.Tensor | None = None,
-               lap_weight: float = 0.0, closed_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+               lap_weight: float = 0.0, closed_weight: float = 1.0, closed_below: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
     """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av
     + gap_weight × L_gap + vel_weight × L_vel + lap_weight × L_lap.
 
@@ -141,7 +141,7 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
         loss = loss + lip_weight * rlv
         logs["lip"] = float(rlv.detach())
     if opening is not None and gap_weight > 0 and pred is not None:
-        gap = lip_gap_loss(pred, target, *opening, closed_weight=closed_weight)
+        gap = lip_gap_loss(pred, target, *opening, closed_weight=closed_weight, closed_below=closed_below)
         loss = loss + gap_weight * gap
         logs["gap"] = float(gap.detach())
     if vel_weight > 0 and pred is not None:

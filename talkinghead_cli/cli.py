@@ -195,6 +195,7 @@ def train_cmd(
     lambda_gap: Optional[float] = typer.Option(None, "--lambda-gap", help="Weight of the mouth-opening curve MSE [default: 0]."),
     lambda_vel: Optional[float] = typer.Option(None, "--lambda-vel", help="Weight of the frame-to-frame motion MSE [default: 0]."),
     gap_closed_weight: Optional[float] = typer.Option(None, "--gap-closed-weight", help="Inside --lambda-gap's term, weight of the frames where the lips are shut [default: 1]."),
+    gap_range_weight: Optional[float] = typer.Option(None, "--gap-range-weight", help="Inside --lambda-gap's term, weight of the squared difference of the predicted and true mouth-opening standard deviations per sequence [default: 0]."),
     gap_closed_below: Optional[float] = typer.Option(None, "--gap-closed-below", help="Shut, for --gap-closed-weight: the target's mouth opening within this fraction of its range above its smallest value [default: 0.25]."),
     lambda_lap: Optional[float] = typer.Option(None, "--lambda-lap", help="Weight of the mesh-Laplacian MSE, against creases [default: 0]."),
     augment: Optional[bool] = typer.Option(None, "--augment", help="Perturb the training audio (speed, pitch, reverb, band limit, noise, level); probabilities in --config's 'augment'."),
@@ -210,6 +211,7 @@ def train_cmd(
                  av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
                  expert_mode=expert_mode, av_mode=av_mode, lambda_gap=lambda_gap, lambda_vel=lambda_vel, lambda_lap=lambda_lap,
                  gap_closed_weight=gap_closed_weight, gap_closed_below=gap_closed_below,
+                 gap_range_weight=gap_range_weight,
                  augment={} if augment and not base.get("augment") else None)
     cfg = build_config(TrainConfig, base, flags, config, command="train")
 

@@ -71,6 +71,7 @@ class TrainConfig(_Strict):
     # weight of the frames where the target's lips are shut, inside the mouth-opening term
     gap_closed_weight: float = Field(1.0, ge=1)
     gap_closed_below: float = Field(0.25, gt=0, le=1)
+    gap_range_weight: float = Field(0.0, ge=0)
     # MSE of the mesh Laplacians (training.losses.laplacian_loss): keeps creases out
     lambda_lap: float = Field(0.0, ge=0)
     # audio augmentation of the training split (data.augment): effect probabilities, or None

@@ -126,6 +126,24 @@ def test_gap_loss_weights_the_shut_frames():
     assert wide.item() == pytest.approx(4 * 6 * 0.09 / (4 * 6 + 4), rel=1e-5)
 
 
+def test_gap_range_term_charges_a_shrunken_swing():
+    x, y = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 4))
+    template = torch.tensor(np.stack([x.ravel(), y.ravel(), np.zeros(20)], 1), dtype=torch.float32)
+    upper, lower = opening_indices(template, torch.arange(20))
+    target = template[None, None].repeat(1, 8, 1, 1)
+    swing = torch.tensor([0.0, 1.0, 0.2, 0.8, 0.0, 1.0, 0.4, 0.6])
+    target[0, :, lower, 1] -= swing[:, None]
+    shrunk = template[None, None].repeat(1, 8, 1, 1)
+    shrunk[0, :, lower, 1] -= (0.5 + 0.5 * (swing - 0.5))[:, None]  # half the swing about its mean
+    plain = lip_gap_loss(shrunk, target, upper, lower)
+    with_range = lip_gap_loss(shrunk, target, upper, lower, range_weight=2.0)
+    assert with_range.item() == pytest.approx(plain.item() + 2.0 * (0.5 * swing.std().item()) ** 2, rel=1e-4)
+    # the same swing shifted by a constant costs its MSE but nothing in the range term
+    shifted = target.clone()
+    shifted[0, :, lower, 1] -= 0.1
+    assert lip_gap_loss(shifted, target, upper, lower, range_weight=2.0).item() == pytest.approx(0.01, rel=1e-4)
+
+
 def test_laplacian_loss_charges_creases_not_smooth_motion():
     x, y = np.meshgrid(np.arange(4.0), np.arange(4.0))
     template = np.stack([x.ravel(), y.ravel(), np.zeros(16)], 1)

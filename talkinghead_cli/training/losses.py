@@ -52,7 +52,8 @@ def opening_indices(template: torch.Tensor, lip: torch.Tensor) -> tuple[torch.Te
 
 
 def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
-                 lower: torch.Tensor, closed_weight: float = 1.0, closed_below: float = 0.25) -> torch.Tensor:
+                 lower: torch.Tensor, closed_weight: float = 1.0, closed_below: float = 0.25,
+                 range_weight: float = 0.0) -> torch.Tensor:
     """MSE of the mouth-opening curves (mean upper minus mean lower lip height per frame).
 
     The vertex MSE spreads its error over thousands of vertices; this term looks only at how
@@ -65,10 +66,16 @@ def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
     95th percentile) above its smallest value, per sequence (these vertices sit on the lips'
     outer faces, so a shut mouth's curve is the lips' thickness, not 0).
 
+    ``range_weight`` > 0 adds that times the mean over sequences of (std_t(pred curve) −
+    std_t(target curve))²: a prediction whose opening swings less than the target's (close
+    vowels too open, open vowels too shut) pays for the missing range even where its
+    frame-by-frame error is small.
+
     Args:
         pred, target: (B, T, V, 3) (cut to the shorter length); upper, lower: index tensors.
     Returns:
-        scalar (the weighted mean; equal to the MSE when ``closed_weight`` is 1).
+        scalar (the weighted mean; equal to the MSE when ``closed_weight`` is 1 and
+        ``range_weight`` 0).
     """
     t = min(pred.shape[1], target.shape[1])
 
@@ -77,11 +84,16 @@ def lip_gap_loss(pred: torch.Tensor, target: torch.Tensor, upper: torch.Tensor,
 
     g_pred, g_true = gap(pred), gap(target)
     if closed_weight == 1.0:
-        return torch.nn.functional.mse_loss(g_pred, g_true)
-    g = g_true.detach()
-    low, p95 = g.min(dim=1, keepdim=True).values, torch.quantile(g, 0.95, dim=1, keepdim=True)
-    w = torch.where(g - low < closed_below * (p95 - low), closed_weight, 1.0)
-    return (w * (g_pred - g_true) ** 2).sum() / w.sum()
+        loss = torch.nn.functional.mse_loss(g_pred, g_true)
+    else:
+        g = g_true.detach()
+        low, p95 = g.min(dim=1, keepdim=True).values, torch.quantile(g, 0.95, dim=1, keepdim=True)
+        w = torch.where(g - low < closed_below * (p95 - low), closed_weight, 1.0)
+        loss = (w * (g_pred - g_true) ** 2).sum() / w.sum()
+    if range_weight > 0 and t > 1:
+        spread = (g_pred.std(dim=1) - g_true.std(dim=1)) ** 2
+        loss = loss + range_weight * spread.mean()
+    return loss
 
 
 def velocity_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -120,12 +132,14 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
                av: ExpertLoss | None = None, av_weight: float = 0.0,
                opening: tuple[torch.Tensor, torch.Tensor] | None = None, gap_weight: float = 0.0,
                vel_weight: float = 0.0, lap: torch.Tensor | None = None,
-               lap_weight: float = 0.0, closed_weight: float = 1.0, closed_below: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
+               lap_weight: float = 0.0, closed_weight: float = 1.0, closed_below: float = 0.25,
+               range_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """L = mse_weight × (the animator's loss) + lip_weight × L_rlv + av_weight × L_av
     + gap_weight × L_gap + vel_weight × L_vel + lap_weight × L_lap.
 
     L_rlv is added when lip indices are known, L_av when ``av`` (from :func:`av_loss`) is given,
-    L_gap (:func:`lip_gap_loss`, its shut frames weighted ``closed_weight``) when ``opening`` =
+    L_gap (:func:`lip_gap_loss`, its shut frames weighted ``closed_weight``, its range term
+    ``range_weight``) when ``opening`` =
     (upper, lower) indices is given, L_vel
     (:func:`velocity_loss`), L_lap (:func:`laplacian_loss`) when the Laplacian ``lap`` is given.
     A weight of 0 drops its term from the graph.
@@ -141,7 +155,8 @@ def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
         loss = loss + lip_weight * rlv
         logs["lip"] = float(rlv.detach())
     if opening is not None and gap_weight > 0 and pred is not None:
-        gap = lip_gap_loss(pred, target, *opening, closed_weight=closed_weight, closed_below=closed_below)
+        gap = lip_gap_loss(pred, target, *opening, closed_weight=closed_weight, closed_below=closed_below,
+                           range_weight=range_weight)
         loss = loss + gap_weight * gap
         logs["gap"] = float(gap.detach())
     if vel_weight > 0 and pred is not None:

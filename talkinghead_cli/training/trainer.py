@@ -241,7 +241,7 @@ class _Loop:
                     loss, logs = total_loss(model_loss, pred, verts, self.lip, cfg.lip_weight,
                                             mse_weight=cfg.lambda_mse, av=av_out, av_weight=cfg.lambda_av,
                                             opening=self.opening, gap_weight=cfg.lambda_gap, closed_weight=cfg.gap_closed_weight,
-                                            closed_below=cfg.gap_closed_below,
+                                            closed_below=cfg.gap_closed_below, range_weight=cfg.gap_range_weight,
                                             vel_weight=cfg.lambda_vel, lap=self.lap, lap_weight=cfg.lambda_lap)
                 scaler.scale(loss / group_size).backward()
             if last_in_group:
@@ -315,7 +315,7 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     resumed = _load_resume(cfg)
     if resumed is not None:
         keep = ("lr", "lr_schedule", "batch_size", "grad_clip", "lip_weight", "seed", "encoder", "animator_options",
-                "augment", "lambda_gap", "lambda_vel", "lambda_lap", "gap_closed_weight", "gap_closed_below",
+                "augment", "lambda_gap", "lambda_vel", "lambda_lap", "gap_closed_weight", "gap_closed_below", "gap_range_weight",
                 "keep_60fps", *(k for k in _AV_KEYS if k != "expert" or cfg.expert is None))
         # validated again, so nested settings (augment) come back as models, not dicts
         cfg = TrainConfig.model_validate({**cfg.model_dump(),

@@ -39,6 +39,10 @@ headerless), and ``sounds/alsa/{Front,Rear,Side}_*.wav`` ("front left", ...). Le
 ``numbers.raw`` and ``something.raw`` (no transcript ships with them), ``tidigits/*.raw``
 (digits only, no /p b m/), ``Noise.wav``.
 
+``--corpus ROOT --split test`` (repeatable ``--split``) adds a split of a synthetic corpus
+(``avtalk synth``): the corpus's own meshes are the reference (exact phoneme timing), its WAVs
+are animated the same way (``--limit N``: N utterances spread over the split). This is the synthetic test split's closure rate.
+
 ``--tts`` adds the in-domain figure: a few sentences full of bilabials spoken by three of the
 project's own TTS voices (training voices); their reference uses the TTS's own phoneme timing
 (exact; pocketsphinx fails to align two of the espeak en-us+m2 sentences) with the same
@@ -54,7 +58,7 @@ The expert's reading is most of it.
 
     python benchmarks/bench_articulation.py ROOT... [-c CKPT ...] [--models NAME ...]
         [--cache DIR] [--reference-dir DIR] [--expert NAME] [--no-cer] [--tts] [--verbose]
-        [--json PATH]
+        [--corpus ROOT --split test ...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -404,6 +408,34 @@ def tts_reference(folder: Path, fps: float, rig) -> dict:
     return {"fps": fps, "utts": utts, "faces": rig.faces, "lip": rig.lip_indices}
 
 
+def corpus_split(root: Path, split: str, cache: Path, limit: int | None = None) -> tuple[Path, dict]:
+    """(folder of the split's WAVs by utterance id, its reference) of a synthetic corpus: the
+    corpus's own meshes and phoneme segments; ``limit``: at most that many utterances, evenly
+    spread over the split's order (so over its speakers)."""
+    man = json.loads((root / "manifest.json").read_text())
+    entries = [e for e in man["utterances"] if e["split"] == split]
+    if not entries:
+        raise SystemExit(f"the {split} split of {root} is empty")
+    if limit and len(entries) > limit:
+        entries = [entries[i] for i in np.linspace(0, len(entries) - 1, limit).round().astype(int)]
+    with open(root / "templates.pkl", "rb") as f:
+        templates = pickle.load(f)
+    folder = cache / f"corpus-{_digest(str(root.resolve()), split, repr(limit))}"
+    folder.mkdir(parents=True, exist_ok=True)
+    utts = {}
+    for e in entries:
+        link = folder / f"{e['id']}.wav"
+        if not link.exists():
+            link.symlink_to((root / "wav" / f"{e['id']}.wav").resolve())
+        t = e["num_frames"]
+        utts[e["id"]] = {"verts": np.load(root / "vertices_npy" / f"{e['id']}.npy").reshape(t, -1, 3),
+                         "weights": np.load(root / "blendshapes_npy" / f"{e['id']}.npy"),
+                         "segments": [tuple(s) for s in e["phonemes"]], "text": e["text"],
+                         "template": np.asarray(templates[e["subject"]], np.float32)}
+    lip = np.array((root / "regions" / "lve.txt").read_text().split(), np.int64)
+    return folder, {"fps": float(man["fps"]), "utts": utts, "faces": np.load(root / "faces.npy"), "lip": lip}
+
+
 def main() -> None:
     from talkinghead_cli.data.synthetic.rig import load_rig
     from talkinghead_cli.pretrained import registry
@@ -418,6 +450,9 @@ def main() -> None:
     ap.add_argument("--no-cer", action="store_true", help="skip the expert's reading")
     ap.add_argument("--tts", action="store_true", help="also the in-domain TTS sentences")
     ap.add_argument("--verbose", action="store_true", help="per-recording rows")
+    ap.add_argument("--corpus", type=Path, default=None, help="a synthetic corpus (avtalk synth) to score too")
+    ap.add_argument("--split", action="append", default=None, help="its split(s) [default: test]")
+    ap.add_argument("--limit", type=int, default=None, help="at most this many utterances per split")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -441,6 +476,11 @@ def main() -> None:
         tdir = tts_folder(args.cache)
         report["tts"] = run_set("tts (training voices " + ", ".join(TTS_VOICES) + "; reference from the TTS's "
                                 "own phoneme timing)", tdir, tts_reference(tdir, fps, rig), models, args, rig, reader)
+    if args.corpus is not None:
+        for split in args.split or ["test"]:
+            cdir, cref = corpus_split(args.corpus, split, args.cache, args.limit)
+            report[f"corpus {split}"] = run_set(f"{args.corpus.name} {split} (the corpus's own meshes)", cdir, cref,
+                                                models, args, rig, reader)
     print(f"\ntotal wall {time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")

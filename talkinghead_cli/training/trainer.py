@@ -440,10 +440,10 @@ def _init_weights(model, acfg, cfg: TrainConfig, log: LogFn) -> None:
         else:
             state, moved = subject_rows(init["state_dict"], model.state_dict(), list(init.get("subjects") or []),
                                         list(acfg.subjects))
-            if moved:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if moved:  # said once the weights have loaded
                 log({"event": "init_subjects", "tensors": moved,
                      "kept": sorted(set(acfg.subjects) & set(init.get("subjects") or []))})
-            missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         raise UserError("the --init-from weights do not fit this model (another size or topology)",
                         cfg.init_from, "pass a checkpoint trained on this dataset with this --size") from e

@@ -174,13 +174,14 @@ def reference_corpus(recdir: Path, key: str, fps: float, cache: Path, given: Pat
     return out
 
 
-def load_reference(root: Path) -> dict:
-    """{name: {verts (T, V, 3), weights (T, K), segments, template, text}} + shared faces/lip."""
+def load_reference(root: Path, entries: list[dict] | None = None) -> dict:
+    """{name: {verts (T, V, 3), weights (T, K), segments, template, text}} + shared faces/lip of
+    a corpus folder (``entries``: only these manifest utterances)."""
     man = json.loads((root / "manifest.json").read_text())
     with open(root / "templates.pkl", "rb") as f:
         templates = pickle.load(f)
     utts = {}
-    for e in man["utterances"]:
+    for e in man["utterances"] if entries is None else entries:
         name = Path(e.get("source", e["id"])).stem
         t = e["num_frames"]
         utts[name] = {"verts": np.load(root / "vertices_npy" / f"{e['id']}.npy").reshape(t, -1, 3),
@@ -418,22 +419,13 @@ def corpus_split(root: Path, split: str, cache: Path, limit: int | None = None) 
         raise SystemExit(f"the {split} split of {root} is empty")
     if limit and len(entries) > limit:
         entries = [entries[i] for i in np.linspace(0, len(entries) - 1, limit).round().astype(int)]
-    with open(root / "templates.pkl", "rb") as f:
-        templates = pickle.load(f)
     folder = cache / f"corpus-{_digest(str(root.resolve()), split, repr(limit))}"
     folder.mkdir(parents=True, exist_ok=True)
-    utts = {}
     for e in entries:
         link = folder / f"{e['id']}.wav"
         if not link.exists():
             link.symlink_to((root / "wav" / f"{e['id']}.wav").resolve())
-        t = e["num_frames"]
-        utts[e["id"]] = {"verts": np.load(root / "vertices_npy" / f"{e['id']}.npy").reshape(t, -1, 3),
-                         "weights": np.load(root / "blendshapes_npy" / f"{e['id']}.npy"),
-                         "segments": [tuple(s) for s in e["phonemes"]], "text": e["text"],
-                         "template": np.asarray(templates[e["subject"]], np.float32)}
-    lip = np.array((root / "regions" / "lve.txt").read_text().split(), np.int64)
-    return folder, {"fps": float(man["fps"]), "utts": utts, "faces": np.load(root / "faces.npy"), "lip": lip}
+    return folder, load_reference(root, entries)
 
 
 def main() -> None:

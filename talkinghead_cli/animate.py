@@ -282,17 +282,14 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
         raise UserError("the checkpoint carries no faces, so meshes and video cannot be written",
                         cfg.checkpoint, "pass --template with faces, or --format npy --no-video")
     # the preview renders (numba threads + an ffmpeg process) while this thread writes the mesh
-    # files: on 2 cores that hides most of the OBJ writing (benchmarks/bench_animate.py)
+    # files: on 2 cores that hides most of the OBJ writing (benchmarks/bench_animate.py); leaving
+    # the pool waits for the render, also when the mesh writing failed
     with ThreadPoolExecutor(1) as pool:
         video = pool.submit(_write_preview, out, mesh, dest / "preview.mp4", fps, audio,
                             model.sample_rate) if cfg.video else None
-        try:
-            written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig,
-                                              (pred, source.verts), duration=len(audio) / model.sample_rate,
-                                              visuals=mesh.visuals)
-        finally:
-            if video is not None:
-                video.exception()  # never leave the render running behind an error
+        written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig,
+                                          (pred, source.verts), duration=len(audio) / model.sample_rate,
+                                          visuals=mesh.visuals)
     files += written
     if video is not None:
         video.result()  # re-raises the preview's error

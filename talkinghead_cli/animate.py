@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -246,15 +247,36 @@ def _previous_outputs(folder: Path) -> list[str]:
         return []
 
 
-def _write_preview(verts, mesh: Mesh, path: Path, fps: float, audio: np.ndarray, sample_rate: int) -> None:
+def _warm_preview() -> threading.Thread:
+    """Start loading the preview's compiled kernels on a thread (:func:`~talkinghead_cli.video.warm_preview`)
+    so that it overlaps the model's loading and prediction."""
+
+    def run() -> None:
+        try:
+            from talkinghead_cli.video import warm_preview
+
+            warm_preview()
+        except Exception:  # noqa: BLE001 - only a head start: the preview itself reports any failure
+            pass
+
+    thread = threading.Thread(target=run, name="avtalk-warm-preview", daemon=True)
+    thread.start()
+    return thread
+
+
+def _write_preview(verts, mesh: Mesh, path: Path, fps: float, audio: np.ndarray, sample_rate: int,
+                   warm: threading.Thread | None = None) -> None:
     from talkinghead_cli.video import render_preview
 
+    if warm is not None:
+        warm.join()
     render_preview(verts, mesh.faces, path, fps=fps, audio=audio, sample_rate=sample_rate, template=mesh.verts)
 
 
 def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch.Tensor,
                  wav: Path, dest: Path, final: Path, progress: ProgressFn | None,
-                 rt: Retargeting | None = None, rig: tuple | None = None) -> AnimationResult:
+                 rt: Retargeting | None = None, rig: tuple | None = None,
+                 warm: threading.Thread | None = None) -> AnimationResult:
     """Write vertices.npy, meshes, preview and animation.json of one file into ``dest``."""
     device = next(model.parameters()).device
     audio = load_audio(wav, model.sample_rate, allow_long=cfg.allow_long)
@@ -286,7 +308,7 @@ def _animate_one(cfg: AnimateConfig, model, ckpt: dict, mesh: Mesh, style: torch
     # the pool waits for the render, also when the mesh writing failed
     with ThreadPoolExecutor(1) as pool:
         video = pool.submit(_write_preview, out, mesh, dest / "preview.mp4", fps, audio,
-                            model.sample_rate) if cfg.video else None
+                            model.sample_rate, warm) if cfg.video else None
         written, exported = write_formats(cfg.formats, dest, out, mesh.verts, mesh.faces, fps, rig,
                                           (pred, source.verts), duration=len(audio) / model.sample_rate,
                                           visuals=mesh.visuals)
@@ -409,6 +431,7 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
                         None if len(failed) == 1 else f"give {ACCEPTED}")
     single = len(cfg.audio) == 1 and Path(cfg.audio[0]).is_file()
     cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
+    warm = _warm_preview() if cfg.video else None  # overlaps the model's loading and prediction
     device = resolve_device(cfg.device)
     model, ckpt = load_animator(cfg.checkpoint, device)
     mesh = resolve_template(cfg, ckpt)
@@ -426,7 +449,7 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
         start = time.perf_counter()
         try:
             with atomic_outputs(final, stale=_previous_outputs(final)) as tmp:
-                r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig)
+                r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig, warm)
         except UserError as e:
             if single:
                 raise

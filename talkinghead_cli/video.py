@@ -120,6 +120,22 @@ def preview_render(verts: torch.Tensor, faces: torch.Tensor, camera, cull: bool 
     return grey[..., None].expand(*grey.shape, 3)
 
 
+def warm_preview() -> None:
+    """Load the preview's compiled kernels (numba's on-disk cache, ~0.7 s on the 2-core CPU)
+    by rendering one tiny frame of a single triangle. ``avtalk animate`` runs this on a
+    thread while the model predicts, so the preview does not wait for the loading; without
+    numba it does nothing."""
+    from talkinghead_cli.render import front_camera
+    from talkinghead_cli.render.preview import preview_frames, use_jit
+
+    verts = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    camera = front_camera(verts[0], image_size=16, projection="ortho")
+    if use_jit(verts, camera):
+        faces = torch.tensor([[0, 1, 2]])
+        preview_frames(verts, faces, camera)
+        preview_frames(verts, faces, camera, window=(2, 2, 8, 8))
+
+
 @contextlib.contextmanager
 def _frame_parallel(device: torch.device):
     """On CPU, trade torch's intra-op threads for frame-level threads.

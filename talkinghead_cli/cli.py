@@ -198,6 +198,7 @@ def train_cmd(
     gap_range_weight: Optional[float] = typer.Option(None, "--gap-range-weight", help="Inside --lambda-gap's term, weight of the squared difference of the predicted and true mouth-opening standard deviations per sequence [default: 0]."),
     gap_closed_below: Optional[float] = typer.Option(None, "--gap-closed-below", help="Shut, for --gap-closed-weight: the target's mouth opening within this fraction of its range above its smallest value [default: 0.25]."),
     lambda_lap: Optional[float] = typer.Option(None, "--lambda-lap", help="Weight of the mesh-Laplacian MSE, against creases [default: 0]."),
+    av_smooth: Optional[int] = typer.Option(None, "--av-smooth", help="Spread the AV loss's gradient over the mesh by this many Laplacian smoothing steps, against creases [default: 0]."),
     augment: Optional[bool] = typer.Option(None, "--augment", help="Perturb the training audio (speed, pitch, reverb, band limit, noise, level); probabilities in --config's 'augment'."),
 ) -> None:
     """Train an animator on VOCASET, BIWI or the synthetic corpus."""
@@ -210,6 +211,7 @@ def train_cmd(
                  lr_schedule=lr_schedule, batch_size=batch_size, init_from=init_from, faces_from=faces_from, keep_60fps=keep_60fps,
                  av_loss=av_loss, expert=expert, lambda_av=lambda_av, lip_weight=lambda_rlv, lambda_mse=lambda_mse,
                  expert_mode=expert_mode, av_mode=av_mode, lambda_gap=lambda_gap, lambda_vel=lambda_vel, lambda_lap=lambda_lap,
+                 av_smooth=av_smooth,
                  gap_closed_weight=gap_closed_weight, gap_closed_below=gap_closed_below,
                  gap_range_weight=gap_range_weight,
                  augment={} if augment and not base.get("augment") else None)

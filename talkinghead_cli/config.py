@@ -65,6 +65,10 @@ class TrainConfig(_Strict):
     expert_mode: Literal["frozen", "joint"] = "frozen"
     expert_lr: Optional[float] = Field(None, gt=0)  # joint mode; default lr / 10
     av_mode: Literal["video", "av"] = "video"  # the expert reads lips only, or lips and speech
+    # L_av's gradient on the vertices diffused over the mesh by this many steps of
+    # (I - L/2)^T (training.losses.smooth_gradient): the lip reader then pulls no lip vertex
+    # out of the surface around it (0: off)
+    av_smooth: int = Field(0, ge=0, le=1000)
     # mouth-opening curve MSE (training.losses.lip_gap_loss) and frame-to-frame motion MSE
     lambda_gap: float = Field(0.0, ge=0)
     lambda_vel: float = Field(0.0, ge=0)

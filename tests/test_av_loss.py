@@ -27,7 +27,14 @@ from talkinghead_cli.errors import UserError
 from talkinghead_cli.lipreader import build_expert, tiny_config
 from talkinghead_cli.lipreader.checkpoint import save_expert
 from talkinghead_cli.lipreader.tokenizer import CharTokenizer
-from talkinghead_cli.training.losses import AVLoss, av_loss, total_loss
+from talkinghead_cli.articulation_metrics import laplacian_matrix
+from talkinghead_cli.training.losses import (
+    AVLoss,
+    av_loss,
+    smooth_gradient,
+    smooth_gradient_reference,
+    total_loss,
+)
 from talkinghead_cli.training.trainer import (
     _TrainStep,
     build_model,
@@ -113,6 +120,45 @@ def test_gradient_flows_through_shading_and_mouth_outline():
     far = torch.nonzero(verts[:, 1] > 0.5).squeeze(1)
     assert soft[:, far, :2].abs().max() < 1e-6 * rim_xy.max()
     assert (soft - hard).norm() > 0.05 * soft.norm()
+
+
+def test_smooth_gradient_keeps_the_values_and_diffuses_the_gradient_over_the_mesh():
+    verts, faces, rim = _flat_face_with_mouth(n=9)
+    lap = laplacian_matrix(faces.numpy(), len(verts))
+    x = verts[None, None].repeat(2, 3, 1, 1).requires_grad_(True)  # (B=2, T=3, V, 3)
+    g = torch.zeros_like(x)
+    g[:, :, rim[0]] = torch.tensor([1.0, -2.0, 0.5])  # all of the gradient on one lip vertex
+    y = smooth_gradient(x, lap, steps=4)
+    assert torch.equal(y, x)  # forward: the identity
+    (grad,) = torch.autograd.grad(y, x, g)
+    assert torch.allclose(grad, smooth_gradient_reference(g, lap, 4), atol=1e-6)
+    # spread over the neighbours: the vertex keeps less than half, others now take a share
+    assert grad[0, 0, rim[0]].norm() < 0.5 * g[0, 0, rim[0]].norm()
+    assert int((grad[0, 0].norm(dim=-1) > 1e-3).sum()) > 5
+    assert smooth_gradient(x, lap, steps=0) is x
+
+
+def test_av_loss_module_with_smoothing_reads_the_same_and_spreads_its_gradient(corpus, expert_path):
+    from talkinghead_cli.lipreader.checkpoint import load_expert
+
+    data = open_corpus("vocaset", corpus, faces_from=corpus / "templates" / "FLAME_sample.ply")
+    faces, lip = torch.as_tensor(data.faces), torch.as_tensor(data.lip_indices)
+    lap = laplacian_matrix(data.faces, data.num_verts)
+    item = SequenceDataset(data, data.split("train"))[0]
+    expert, tok, _ = load_expert(expert_path)
+    tokens, _ = tok.encode(read_transcripts(data)[item["id"]])
+    target = item["verts"][None]
+    pred = (target + 1e-3 * torch.randn_like(target)).requires_grad_(True)
+    grads, losses = [], []
+    for steps in (0, 8):
+        av = AVLoss(expert, faces, lip, data.fps, smooth_lap=lap, smooth_steps=steps)
+        out = av(pred, target, [tokens])
+        (grad,) = torch.autograd.grad(out.loss, pred)
+        grads.append(grad[0])
+        losses.append(float(out.loss.detach()))
+    assert losses[0] == pytest.approx(losses[1])  # the expert reads the same lips
+    smooth = lambda g: float(torch.sparse.mm(lap, g.permute(1, 0, 2).reshape(len(lap), -1)).norm() / g.norm())  # noqa: E731
+    assert smooth(grads[1]) < 0.5 * smooth(grads[0])  # the gradient field is far smoother
 
 
 def test_one_step_with_the_av_loss_alone_moves_the_animator(corpus, expert_path):

@@ -127,6 +127,55 @@ def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, lap: torch.Tensor) 
     return torch.sparse.mm(lap.to(diff.device), flat).pow(2).mean()
 
 
+class _SmoothGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``(I - alpha·L)ᵀ`` ``steps`` times."""
+
+    @staticmethod
+    def forward(ctx, x, lap_t, steps: int, alpha: float):
+        ctx.save_for_backward(lap_t)
+        ctx.steps, ctx.alpha = steps, alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (lap_t,) = ctx.saved_tensors
+        b, t, v, c = grad.shape
+        flat = grad.permute(2, 0, 1, 3).reshape(v, -1).float()
+        for _ in range(ctx.steps):
+            flat = flat - ctx.alpha * torch.sparse.mm(lap_t, flat)
+        return flat.reshape(v, b, t, c).permute(1, 2, 0, 3).to(grad.dtype), None, None, None
+
+
+def smooth_gradient(x: torch.Tensor, lap: torch.Tensor, steps: int, alpha: float = 0.5) -> torch.Tensor:
+    """``x`` unchanged, its gradient diffused over the mesh: ``((I - alpha·L)ᵀ)^steps g``.
+
+    The lip reader sees the rendered lips, so L_av's gradient lands on the few vertices of the
+    lip outline and pulls them out of the surface around them (creases, a rougher head). This
+    spreads that gradient over the neighbouring vertices (about ``sqrt(steps)`` rings) without
+    changing what the expert reads: the animator is pushed towards the same lip shape by a
+    smooth change of the surface. ``steps=0`` returns ``x`` itself.
+
+    Args:
+        x: (B, T, V, 3) vertices.
+        lap: (V, V) sparse uniform Laplacian I - D^-1 A
+            (:func:`talkinghead_cli.articulation_metrics.laplacian_matrix`).
+        steps: smoothing steps; alpha: step size in (0, 1].
+    Returns:
+        (B, T, V, 3), equal to ``x``.
+    """
+    if steps <= 0:
+        return x
+    return _SmoothGradient.apply(x, lap.t().coalesce().to(x.device), int(steps), float(alpha))
+
+
+def smooth_gradient_reference(grad: torch.Tensor, lap: torch.Tensor, steps: int, alpha: float = 0.5) -> torch.Tensor:
+    """Readable reference of :func:`smooth_gradient`'s backward: (B, T, V, 3) gradient ->
+    ``((I - alpha·L)ᵀ)^steps`` applied per frame and coordinate, with a dense matrix."""
+    m = torch.eye(lap.shape[0], dtype=torch.float64) - alpha * lap.to_dense().double()
+    op = torch.linalg.matrix_power(m.t(), steps)
+    return torch.einsum("uv,btvc->btuc", op, grad.double()).to(grad.dtype)
+
+
 def total_loss(model_loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
                lip: torch.Tensor | None, lip_weight: float, *, mse_weight: float = 1.0,
                av: ExpertLoss | None = None, av_weight: float = 0.0,
@@ -211,7 +260,9 @@ def av_loss(pred: torch.Tensor, window_from: torch.Tensor, faces: torch.Tensor, 
 
 class AVLoss(torch.nn.Module):
     """The expert as a loss module: holds the expert (a submodule, so DDP and ``.to`` see it),
-    the mesh faces and lip indices, the loss settings and the lip-window render settings.
+    the mesh faces and lip indices, the loss settings and the lip-window render settings; with
+    ``smooth_lap`` (the mesh's Laplacian) and ``smooth_steps`` > 0, the loss's gradient on the
+    vertices is diffused over the mesh (:func:`smooth_gradient`).
 
     ``frozen=True``: the expert stays in eval mode and its parameters take no gradient (the
     gradient still flows through it to the lip video and the meshes); its batch norms are
@@ -222,7 +273,7 @@ class AVLoss(torch.nn.Module):
     def __init__(self, expert, faces: torch.Tensor, lip: torch.Tensor, fps: float, *, frozen: bool = True,
                  mode: Literal["video", "av"] = "video", ctc_weight: float = 0.1,
                  label_smoothing: float = 0.1, reduction: Literal["sum", "mean"] = "sum",
-                 render: dict | None = None):
+                 render: dict | None = None, smooth_lap: torch.Tensor | None = None, smooth_steps: int = 0):
         super().__init__()
         self.expert = expert
         self.register_buffer("faces", torch.as_tensor(faces).long(), persistent=False)
@@ -231,6 +282,10 @@ class AVLoss(torch.nn.Module):
         self.kw = {"ctc_weight": ctc_weight, "label_smoothing": label_smoothing, "reduction": reduction}
         #: lip_video settings (size, margin, sigma, video_fps): those the expert was trained with
         self.render = dict(render or {})
+        #: L_av's gradient on the vertices diffused over the mesh (:func:`smooth_gradient`)
+        self.smooth_steps = int(smooth_steps) if smooth_lap is not None else 0
+        self.register_buffer("smooth_lap_t", None if smooth_lap is None else smooth_lap.t().coalesce(),
+                             persistent=False)
         if frozen:  # the batch norms folded into their layers: same function, less work
             fold_batch_norms(expert.requires_grad_(False).eval())
         self.train(True)
@@ -244,5 +299,7 @@ class AVLoss(torch.nn.Module):
     def forward(self, pred: torch.Tensor, window_from: torch.Tensor, targets: Sequence[Sequence[int]],
                 audio: torch.Tensor | None = None) -> ExpertLoss:
         """pred: (B, T, V, 3), window_from: (B, T', V, 3), audio: (B, S) -> ExpertLoss."""
+        if self.smooth_steps:
+            pred = _SmoothGradient.apply(pred, self.smooth_lap_t, self.smooth_steps, 0.5)
         return av_loss(pred, window_from, self.faces, self.lip, self.fps, self.expert, targets,
                        audio=audio, mode=self.mode, **self.kw, **self.render)

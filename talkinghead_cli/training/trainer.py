@@ -477,7 +477,7 @@ def _check_corpus_matches(acfg, corpus: Corpus, cfg: TrainConfig) -> None:
 # ----------------------------------------------------------------------------- audio-visual loss
 
 _AV_KEYS = ("av_loss", "expert", "lambda_mse", "lambda_av", "av_ctc_weight", "av_label_smoothing",
-            "av_reduction", "expert_mode", "expert_lr", "av_mode")
+            "av_reduction", "expert_mode", "expert_lr", "av_mode", "av_smooth")
 
 
 @dataclass
@@ -519,7 +519,7 @@ class _AV:
                "lambda_mse": cfg.lambda_mse, "lambda_av": cfg.lambda_av, "lambda_rlv": cfg.lip_weight,
                "lambda_ctc": cfg.av_ctc_weight, "lambda_ce": 1.0 - cfg.av_ctc_weight,
                "label_smoothing": cfg.av_label_smoothing, "reduction": cfg.av_reduction,
-               "expert_mode": cfg.expert_mode, "av_mode": cfg.av_mode}
+               "expert_mode": cfg.expert_mode, "av_mode": cfg.av_mode, "av_smooth": cfg.av_smooth}
         if not self.module.frozen:
             out["expert_state_dict"] = self.module.expert.state_dict()
         return out
@@ -573,7 +573,9 @@ def setup_av_loss(cfg: TrainConfig, corpus: Corpus, acfg, device, resumed: dict 
     module = AVLoss(expert, torch.as_tensor(corpus.faces), torch.as_tensor(corpus.lip_indices), corpus.fps,
                     frozen=cfg.expert_mode == "frozen", mode=cfg.av_mode, ctc_weight=cfg.av_ctc_weight,
                     label_smoothing=cfg.av_label_smoothing, reduction=cfg.av_reduction,
-                    render=reader.render).to(device)
+                    render=reader.render,
+                    smooth_lap=laplacian_matrix(corpus.faces, corpus.num_verts) if cfg.av_smooth else None,
+                    smooth_steps=cfg.av_smooth).to(device)
     log({"event": "expert", "path": str(cfg.expert), "mode": cfg.expert_mode, "modalities": mods})
     return _AV(reader, module, tokens, texts, int(acfg.sample_rate))
 

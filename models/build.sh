@@ -9,22 +9,18 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$work"
 
 # 1. the synthetic corpus: 14 speakers x 120 sentences (TTS + the facecap ARKit rig), piper and
-#    espeak-ng voices and the grammar sentences (the corpus the expert and the first base were
-#    trained on; step 4 builds the large corpus with the default voices and sentences)
+#    espeak-ng voices and the grammar sentences (the corpus the first base is trained on; step 3
+#    builds the large corpus with the default voices and sentences)
 avtalk synth "$work/corpus" --subjects 14 --sentences 120 --seed 0 \
     --tts piper,espeak --sentences-file "$here/../talkinghead_cli/data/synthetic/sentences.txt"
 
-# 2. stage 1: the lip-reading expert on renders of ground-truth meshes
-avtalk finetune-expert --dataset synthetic --data-root "$work/corpus" -o "$work/runs/expert" \
-    --config "$here/expert-tiny.json"
-
-# 3. frozen Whisper tiny.en features of every utterance (cached in $work/corpus/features/), then
+# 2. frozen Whisper tiny.en features of every utterance (cached in $work/corpus/features/), then
 #    a first base (vertex MSE + lip-vertex loss) on that corpus
 avtalk features --dataset synthetic --data-root "$work/corpus"
 avtalk train --dataset synthetic --data-root "$work/corpus" -o "$work/runs/base0" \
     --size tiny --epochs 12 --seed 0 --encoder whisper-tiny-ct2
 
-# 4. the large corpus: 20 speakers x 380 sentences (7,600 utterances, 5,168 for training), every
+# 3. the large corpus: 20 speakers x 380 sentences (7,600 utterances, 5,168 for training), every
 #    default voice (piper, espeak-ng, festival) and the 5,000 built-in sentences; the base
 #    continues on it for 3 + 3 epochs (same losses; its 12 speakers' styles carry over by name)
 avtalk synth "$work/corpus5k" --subjects 20 --sentences 380 --seed 0
@@ -33,6 +29,11 @@ big=(--dataset synthetic --data-root "$work/corpus5k" --size tiny --epochs 3 --s
      --encoder whisper-tiny-ct2)
 avtalk train "${big[@]}" -o "$work/runs/base1" --lr 1e-4 --init-from "$work/runs/base0/best.pt"
 avtalk train "${big[@]}" -o "$work/runs/base" --lr 5e-5 --init-from "$work/runs/base1/best.pt"
+
+# 4. stage 1: the lip-reading expert on renders of the large corpus's ground-truth meshes
+#    (the rendered lip windows are cached in $work/lipcache and reused by a rerun)
+avtalk finetune-expert --dataset synthetic --data-root "$work/corpus5k" -o "$work/runs/expert" \
+    --config "$here/expert-tiny.json" --cache "$work/lipcache"
 
 # 5. stage 2: the same animator continued with and without the lip-reading loss
 #    (same start, seed, epoch and cosine learning-rate decay; the MSE twin trains on the vertex

@@ -261,11 +261,12 @@ def test_cli_train_av_loss_end_to_end_and_bad_expert(corpus, expert_path, tmp_pa
     common = ["train", "--dataset", "vocaset", "--data-root", corpus, "--epochs", "2",
               "--faces-from", corpus / "templates" / "FLAME_sample.ply", "--device", "cpu"]
     code, output = _avtalk(*common, "-o", tmp_path / "run", "--av-loss", "--expert", expert_path,
-                           "--lambda-av", "1e-3", "--lambda-rlv", "0.5")
+                           "--lambda-av", "1e-3", "--lambda-rlv", "0.5", "--av-smooth", "3")
     assert code == 0, output
     assert "AV_CER" in output and "dropped" in output
     ckpt = load_checkpoint(tmp_path / "run" / "best.pt", kind="animator")
     assert ckpt["extra"]["av"]["lambda_av"] == 1e-3 and ckpt["extra"]["av"]["lambda_rlv"] == 0.5
+    assert ckpt["extra"]["av"]["av_smooth"] == 3 and ckpt["config"]["train"]["av_smooth"] == 3
     assert len(load_checkpoint(tmp_path / "run" / "last.pt")["extra"]["history"]) == 2
     # an animator checkpoint is not an expert
     code, output = _avtalk(*common, "-o", tmp_path / "bad", "--av-loss", "--expert", tmp_path / "run" / "last.pt")
@@ -273,5 +274,7 @@ def test_cli_train_av_loss_end_to_end_and_bad_expert(corpus, expert_path, tmp_pa
     # --av-loss without --expert; a visual-only expert asked to listen too
     code, output = _avtalk(*common, "-o", tmp_path / "b2", "--av-loss")
     assert code == 2 and "--expert" in output
+    code, output = _avtalk(*common, "-o", tmp_path / "b4", "--av-loss", "--expert", expert_path, "--av-smooth", "-1")
+    assert code == 2 and "av_smooth" in output.replace("-", "_") and "Traceback" not in output
     code, output = _avtalk(*common, "-o", tmp_path / "b3", "--av-loss", "--expert", expert_path, "--av-mode", "av")
     assert code == 2 and "lips and speech" in output

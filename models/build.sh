@@ -37,14 +37,16 @@ avtalk finetune-expert --dataset synthetic --data-root "$work/corpus5k" -o "$wor
 
 # 5. stage 2: the same animator continued with and without the lip-reading loss
 #    (same start, seed, epoch and cosine learning-rate decay; the MSE twin trains on the vertex
-#    MSE, the AV twin adds the lip-vertex loss and lambda_av * L_av; both add the mouth-opening
-#    term (lambda_gap 3, shut frames weighted 5x) and the mesh-Laplacian term (lambda_lap 100):
+#    MSE, the AV twin adds the lip-vertex loss and lambda_av * L_av of the step-4 expert, its
+#    gradient on the vertices spread by 16 Laplacian smoothing steps; both add the mouth-opening
+#    term (lambda_gap 3, shut frames weighted 10x) and the mesh-Laplacian term (lambda_lap 100):
 #    see models/avtalk-tiny.md).
 twin=(--dataset synthetic --data-root "$work/corpus5k" --size tiny --epochs 1 --seed 1 --lr 3e-5
       --lr-schedule cosine --init-from "$work/runs/base/best.pt" --encoder whisper-tiny-ct2
-      --lambda-gap 3 --gap-closed-weight 5 --lambda-lap 100)
+      --lambda-gap 3 --gap-closed-weight 10 --lambda-lap 100)
 avtalk train "${twin[@]}" -o "$work/runs/mse" --lambda-rlv 0
-avtalk train "${twin[@]}" -o "$work/runs/av" --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-8
+avtalk train "${twin[@]}" -o "$work/runs/av" --av-loss --expert "$work/runs/expert/best.pt" --lambda-av 1e-7 \
+    --av-smooth 16
 
 # 6. the paper's table in our setting
 for split in test test_b; do

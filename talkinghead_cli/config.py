@@ -91,6 +91,8 @@ class TrainConfig(_Strict):
     def _check_av(self) -> "TrainConfig":
         if self.av_loss and self.expert is None:
             raise ValueError("--av-loss needs --expert (a checkpoint from avtalk finetune-expert)")
+        if self.av_smooth and not self.av_loss:
+            raise ValueError("--av-smooth acts on the lip-reading loss: add --av-loss --expert E.pt, or drop it")
         if (self.lambda_mse == 0 and self.lip_weight == 0 and self.lambda_gap == 0 and self.lambda_vel == 0
                 and self.lambda_lap == 0
                 and (not self.av_loss or self.lambda_av == 0)):

@@ -276,5 +276,7 @@ def test_cli_train_av_loss_end_to_end_and_bad_expert(corpus, expert_path, tmp_pa
     assert code == 2 and "--expert" in output
     code, output = _avtalk(*common, "-o", tmp_path / "b4", "--av-loss", "--expert", expert_path, "--av-smooth", "-1")
     assert code == 2 and "av_smooth" in output.replace("-", "_") and "Traceback" not in output
+    code, output = _avtalk(*common, "-o", tmp_path / "b5", "--av-smooth", "4")
+    assert code == 2 and "--av-loss" in output and "Traceback" not in output and not (tmp_path / "b5").exists()
     code, output = _avtalk(*common, "-o", tmp_path / "b3", "--av-loss", "--expert", expert_path, "--av-mode", "av")
     assert code == 2 and "lips and speech" in output

@@ -432,33 +432,37 @@ def animate(cfg: AnimateConfig, progress: ProgressFn | None = None,
     single = len(cfg.audio) == 1 and Path(cfg.audio[0]).is_file()
     cfg = cfg.model_copy(update={"checkpoint": resolve(cfg.checkpoint, "animator")})
     warm = _warm_preview() if cfg.video else None  # overlaps the model's loading and prediction
-    device = resolve_device(cfg.device)
-    model, ckpt = load_animator(cfg.checkpoint, device)
-    mesh = resolve_template(cfg, ckpt)
-    check_output_room(cfg, files, model, ckpt, mesh)  # before the alignment and the prediction
-    rt, ckpt = _retargeting(cfg, ckpt, mesh, align_progress)
-    rig = rig_for_formats(ckpt, cfg.formats, cfg.checkpoint)
-    style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
-    results = list(failed)
-    for r in failed:
-        if log is not None:
-            log(r)
-    names = [""] if single else output_names(files)
-    for wav, name in zip(files, names):
-        final = Path(cfg.out) / name
-        start = time.perf_counter()
-        try:
-            with atomic_outputs(final, stale=_previous_outputs(final)) as tmp:
-                r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig, warm)
-        except UserError as e:
-            if single:
-                raise
-            r = AnimationResult(wav, final, error=e.line())
-        r.seconds = time.perf_counter() - start
-        results.append(r)
-        if log is not None:
-            log(r)
-    return results
+    try:
+        device = resolve_device(cfg.device)
+        model, ckpt = load_animator(cfg.checkpoint, device)
+        mesh = resolve_template(cfg, ckpt)
+        check_output_room(cfg, files, model, ckpt, mesh)  # before the alignment and the prediction
+        rt, ckpt = _retargeting(cfg, ckpt, mesh, align_progress)
+        rig = rig_for_formats(ckpt, cfg.formats, cfg.checkpoint)
+        style = parse_style(cfg.style, list(ckpt["subjects"]), cfg.checkpoint)
+        results = list(failed)
+        for r in failed:
+            if log is not None:
+                log(r)
+        names = [""] if single else output_names(files)
+        for wav, name in zip(files, names):
+            final = Path(cfg.out) / name
+            start = time.perf_counter()
+            try:
+                with atomic_outputs(final, stale=_previous_outputs(final)) as tmp:
+                    r = _animate_one(cfg, model, ckpt, mesh, style, wav, tmp, final, progress, rt, rig, warm)
+            except UserError as e:
+                if single:
+                    raise
+                r = AnimationResult(wav, final, error=e.line())
+            r.seconds = time.perf_counter() - start
+            results.append(r)
+            if log is not None:
+                log(r)
+        return results
+    finally:  # an early refusal must not leave the thread inside numba as the interpreter exits
+        if warm is not None:
+            warm.join()
 
 
 def summary(results: list[AnimationResult], cfg: AnimateConfig, seconds: float) -> dict:

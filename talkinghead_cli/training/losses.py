@@ -284,8 +284,7 @@ class AVLoss(torch.nn.Module):
         self.render = dict(render or {})
         #: L_av's gradient on the vertices diffused over the mesh (:func:`smooth_gradient`)
         self.smooth_steps = int(smooth_steps) if smooth_lap is not None else 0
-        self.register_buffer("smooth_lap_t", None if smooth_lap is None else smooth_lap.t().coalesce(),
-                             persistent=False)
+        self.register_buffer("smooth_lap", smooth_lap, persistent=False)
         if frozen:  # the batch norms folded into their layers: same function, less work
             fold_batch_norms(expert.requires_grad_(False).eval())
         self.train(True)
@@ -300,6 +299,6 @@ class AVLoss(torch.nn.Module):
                 audio: torch.Tensor | None = None) -> ExpertLoss:
         """pred: (B, T, V, 3), window_from: (B, T', V, 3), audio: (B, S) -> ExpertLoss."""
         if self.smooth_steps:
-            pred = _SmoothGradient.apply(pred, self.smooth_lap_t, self.smooth_steps, 0.5)
+            pred = smooth_gradient(pred, self.smooth_lap, self.smooth_steps)
         return av_loss(pred, window_from, self.faces, self.lip, self.fps, self.expert, targets,
                        audio=audio, mode=self.mode, **self.kw, **self.render)

@@ -1,4 +1,4 @@
-from talkinghead_cli.cli import main
+from talkinghead_cli.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

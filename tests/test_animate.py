@@ -182,3 +182,29 @@ def test_real_faceformer_windowed_matches_full_before_first_seam(checkpoint):
     # agrees with the full prediction until shortly before its end
     np.testing.assert_allclose(out[:30], full[:30], atol=1e-4)
     assert np.isfinite(out).all() and out.shape == (120, 162, 3)
+
+
+def test_console_script_ends_promptly_with_everything_written(checkpoint, speech, tmp_path):
+    """`python -m talkinghead_cli animate` ends with os._exit after the run (cli.run): the JSON
+    summary on stdout, the files and the exit code must all be there, for a batch with a failed
+    input too (exit 2), and a refused run still exits the normal way."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "talkinghead_cli", "-q", "animate", *map(str, args),
+                               "--checkpoint", str(checkpoint)], capture_output=True, text=True)
+
+    out = tmp_path / "out"
+    r = cli(speech, "-o", out, "--format", "obj", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["succeeded"] == 1 and summary["results"][0]["frames"] == 36
+    assert len(list((out / "meshes").glob("frame_*.obj"))) == 36 and (out / "preview.mp4").stat().st_size > 1000
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    r = cli(speech, bad, "-o", tmp_path / "batch", "--format", "npy", "--no-video")
+    assert r.returncode == 2 and "1 of 2 inputs animated" in r.stderr, r.stderr
+    assert np.load(tmp_path / "batch" / "speech" / "vertices.npy").shape == (36, 162, 3)
+    r = cli(tmp_path / "missing.wav", "-o", tmp_path / "none")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1

@@ -162,3 +162,27 @@ def test_unwritable_output_is_a_user_error(sphere):
         write_sequence(Path("/proc/avtalk-test-seq"), verts[None], faces, fmt="obj")
     with pytest.raises(UserError, match="cannot write into the output folder"):
         write_sequence(Path("/proc/avtalk-test-seq.npy"), verts[None], faces, fmt="npy")
+
+
+def test_vertex_normals_of_many_frames_match_frame_by_frame(sphere, tmp_path, monkeypatch):
+    """The batched normals, the compiled ones (numba, when installed) and the OBJ writer's
+    block-wise ``vn`` lines give the frame-by-frame reference's numbers."""
+    from talkinghead_cli import mesh as mesh_module
+    from talkinghead_cli.mesh_visuals import vertex_normals, vertex_normals_fast
+
+    verts, faces = sphere
+    rng = np.random.default_rng(0)
+    frames = (verts[None] * (1 + 0.1 * rng.standard_normal((5, len(verts), 1)))).astype(np.float32)
+    frames[:, -1] = 7.0  # with an unused vertex appended below: +z
+    faces = np.asarray(faces)
+    one_by_one = np.stack([vertex_normals(f, faces) for f in frames])
+    np.testing.assert_array_equal(vertex_normals(frames, faces), one_by_one)
+    np.testing.assert_allclose(vertex_normals_fast(frames, faces), one_by_one, atol=1e-6)
+    lonely = np.concatenate([frames, np.ones((5, 1, 3), np.float32)], axis=1)
+    assert (vertex_normals_fast(lonely, faces)[:, -1] == [0, 0, 1]).all()
+    monkeypatch.setattr(mesh_module, "NORMALS_BLOCK", 2)  # blocks of 2, 2 and 1 frames
+    write_sequence(tmp_path / "seq", frames, faces, fmt="obj")
+    for i in range(5):
+        text = (tmp_path / "seq" / f"frame_{i:05d}.obj").read_text().splitlines()
+        vn = np.array([[float(x) for x in line.split()[1:]] for line in text if line.startswith("vn ")])
+        np.testing.assert_allclose(vn, one_by_one[i], atol=1e-6)

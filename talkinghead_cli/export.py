@@ -272,7 +272,10 @@ def write_formats(formats: list[str], dest: Path, verts: np.ndarray, neutral: np
     mesh_formats = [f for f in formats if f in ("obj", "ply")]
     for i, fmt in enumerate(mesh_formats):
         folder = "meshes" if i == 0 else f"meshes_{fmt}"
-        write_sequence(dest / folder, verts, faces, fmt, fps=fps, visuals=visuals)
+        normals = None
+        if fmt == "obj":  # the compiled normals (numba is imported only for OBJ)
+            from talkinghead_cli.render.shade_jit import vertex_normals_frames as normals
+        write_sequence(dest / folder, verts, faces, fmt, fps=fps, visuals=visuals, normals=normals)
         files.append(folder + "/")
     if "npz" in formats:
         write_sequence(dest / "sequence.npz", verts, faces, "npz", fps=fps)

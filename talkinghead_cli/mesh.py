@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -279,6 +279,7 @@ def write_sequence(
     fps: float | None = None,
     progress: ProgressFn | None = None,
     visuals: Visuals | None = None,
+    normals: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Path:
     """Write a mesh sequence atomically.
 
@@ -292,6 +293,9 @@ def write_sequence(
             ``ply`` (binary).
         progress: called with (frames written, T).
         visuals: the template's UVs and material, for OBJ.
+        normals: OBJ vertex normals of a block of frames, (b, V, 3), (F, 3) -> (b, V, 3)
+            (default :func:`talkinghead_cli.mesh_visuals.vertex_normals`; ``avtalk animate``
+            passes the compiled :func:`talkinghead_cli.render.shade_jit.vertex_normals_frames`).
     Returns:
         the path written.
     """
@@ -315,15 +319,17 @@ def write_sequence(
         raise UserError(f"unknown mesh format '{fmt}'", None, f"use one of {', '.join(SEQUENCE_FORMATS)}")
     with atomic_dir(out) as tmp:
         if fmt == "obj":
-            from talkinghead_cli.mesh_visuals import vertex_normals_fast
+            from talkinghead_cli.mesh_visuals import vertex_normals
+
+            normals = normals or vertex_normals
 
             head, faces_bytes = obj_extras(tmp, faces, visuals)
             for b0 in range(0, t, NORMALS_BLOCK):  # normals of a block of frames at once (faster)
                 block = np.asarray(verts[b0:b0 + NORMALS_BLOCK])
-                block_normals = vertex_normals_fast(block, faces)
+                block_normals = normals(block, faces)
                 for k in range(len(block)):
-                    normals = obj_vertex_bytes(block_normals[k], "vn")
-                    (tmp / f"frame_{b0 + k:05d}.obj").write_bytes(head + obj_vertex_bytes(block[k]) + normals + faces_bytes)
+                    vn = obj_vertex_bytes(block_normals[k], "vn")
+                    (tmp / f"frame_{b0 + k:05d}.obj").write_bytes(head + obj_vertex_bytes(block[k]) + vn + faces_bytes)
                     report(progress, b0 + k + 1, t)
         else:
             header, face_block = ply_header(verts.shape[1], len(faces)), ply_face_block(faces)

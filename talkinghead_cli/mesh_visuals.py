@@ -62,22 +62,6 @@ def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out.astype(np.float32).reshape(v.shape)
 
 
-def vertex_normals_fast(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """:func:`vertex_normals` of (T, V, 3) frames through the compiled face-normal sum of the
-    renderer's shading (:mod:`talkinghead_cli.render.shade_jit`, numba; about ten times
-    faster than the numpy reference, whose numbers it gives up to float64 rounding); the
-    reference itself without numba. -> (T, V, 3) float32."""
-    from talkinghead_cli.render import shade_jit
-
-    if not shade_jit.available():
-        return vertex_normals(verts, faces)
-    v = np.ascontiguousarray(verts, dtype=np.float64)
-    m = np.empty_like(v)
-    shade_jit._vertex_normals(v, np.ascontiguousarray(faces, dtype=np.int64), m)
-    norm = np.linalg.norm(m, axis=-1, keepdims=True)
-    return np.where(norm > 1e-20, m / np.maximum(norm, 1e-30), [0.0, 0.0, 1.0]).astype(np.float32)
-
-
 def split_seams(faces: np.ndarray, corner_uv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One UV per vertex: split each vertex into one copy per distinct UV it has.
 

@@ -168,7 +168,8 @@ def test_vertex_normals_of_many_frames_match_frame_by_frame(sphere, tmp_path, mo
     """The batched normals, the compiled ones (numba, when installed) and the OBJ writer's
     block-wise ``vn`` lines give the frame-by-frame reference's numbers."""
     from talkinghead_cli import mesh as mesh_module
-    from talkinghead_cli.mesh_visuals import vertex_normals, vertex_normals_fast
+    from talkinghead_cli.mesh_visuals import vertex_normals
+    from talkinghead_cli.render.shade_jit import vertex_normals_frames as vertex_normals_fast
 
     verts, faces = sphere
     rng = np.random.default_rng(0)
@@ -181,7 +182,7 @@ def test_vertex_normals_of_many_frames_match_frame_by_frame(sphere, tmp_path, mo
     lonely = np.concatenate([frames, np.ones((5, 1, 3), np.float32)], axis=1)
     assert (vertex_normals_fast(lonely, faces)[:, -1] == [0, 0, 1]).all()
     monkeypatch.setattr(mesh_module, "NORMALS_BLOCK", 2)  # blocks of 2, 2 and 1 frames
-    write_sequence(tmp_path / "seq", frames, faces, fmt="obj")
+    write_sequence(tmp_path / "seq", frames, faces, fmt="obj", normals=vertex_normals_fast)
     for i in range(5):
         text = (tmp_path / "seq" / f"frame_{i:05d}.obj").read_text().splitlines()
         vn = np.array([[float(x) for x in line.split()[1:]] for line in text if line.startswith("vn ")])

@@ -163,6 +163,22 @@ if numba is not None:  # pragma: no cover - exercised where numba is installed
                 grad_v[b, i0, 2] -= gaz + gbz
 
 
+def vertex_normals_frames(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """:func:`talkinghead_cli.mesh_visuals.vertex_normals` of (T, V, 3) frames (numpy, float64,
+    -> (T, V, 3) float32 unit normals, +z on a vertex without area) with the face-normal sum
+    above: the OBJ writer's normals, about three times faster than the numpy reference and
+    equal to it up to float64 rounding; the reference itself without numba."""
+    from talkinghead_cli.mesh_visuals import vertex_normals
+
+    if numba is None:
+        return vertex_normals(verts, faces)
+    v = np.ascontiguousarray(verts, dtype=np.float64)
+    m = np.empty_like(v)
+    _vertex_normals(v, np.ascontiguousarray(faces, dtype=np.int64), m)
+    norm = np.linalg.norm(m, axis=-1, keepdims=True)
+    return np.where(norm > 1e-20, m / np.maximum(norm, 1e-30), [0.0, 0.0, 1.0]).astype(np.float32)
+
+
 def _arrays(verts, faces, R, dirs, inten):
     """The kernels' inputs as numpy arrays in the vertices' dtype."""
     dt = verts.dtype

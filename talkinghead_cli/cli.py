@@ -282,15 +282,37 @@ def features_cmd(
     dataset: str = typer.Option(..., "--dataset", help="vocaset, biwi or synthetic."),
     data_root: Path = typer.Option(..., "--data-root", help="The dataset folder (FaceFormer layout)."),
     encoder: str = typer.Option("whisper-tiny-ct2", "--encoder", help="Encoder whose frozen features to cache."),
+    augment: bool = typer.Option(False, "--augment", help="Cache the perturbed training audio that `avtalk train --augment` with the same --seed draws in its first --epochs epochs (probabilities in --config's 'augment')."),
+    seed: int = typer.Option(0, "--seed", help="With --augment: the training run's --seed."),
+    epochs: int = typer.Option(1, "--epochs", help="With --augment: the training run's --epochs."),
+    config: Optional[Path] = typer.Option(None, "--config", help="With --augment: the training run's config file (its 'augment' probabilities)."),
 ) -> None:
     """Compute a corpus's speech features once (resumable; `train` computes missing ones itself)."""
-    from talkinghead_cli.training.features import corpus_features
+    from talkinghead_cli.training.features import augmented_features, corpus_features
+
+    if not augment and config is not None:
+        raise UserError("--config is read only with --augment", config, "add --augment or leave --config out")
 
     def start(todo: int, cached: int) -> None:
-        console.print(f"{encoder} features: {cached} cached, computing {todo}", highlight=False)
+        what = "perturbed copies" if augment else "features"
+        console.print(f"{encoder} {what}: {cached} cached, checking {todo}" if augment else
+                      f"{encoder} {what}: {cached} cached, computing {todo}", highlight=False)
 
     with progress_bar("features", unit="utterances") as progress:
-        store = corpus_features(dataset, data_root, encoder, progress=progress, on_start=start)
+        if augment:
+            from talkinghead_cli.config import read_config_file
+            from talkinghead_cli.data.augment import AugmentConfig
+
+            settings = (read_config_file(config) if config else {}).get("augment") or {}
+            try:
+                acfg = AugmentConfig(**settings)
+            except ValueError as e:
+                raise UserError(f"the config's 'augment' is invalid ({str(e).splitlines()[0]})", config,
+                                "see `avtalk train --help`") from e
+            store = augmented_features(dataset, data_root, encoder, acfg, seed, epochs, progress=progress,
+                                       on_start=start)
+        else:
+            store = corpus_features(dataset, data_root, encoder, progress=progress, on_start=start)
     out.print(f"{store.folder} ({len(store)} utterances)", highlight=False, soft_wrap=True)
 
 

@@ -181,3 +181,47 @@ def test_train_uses_the_cache_and_animate_refuses_another_model_file(toy, tmp_pa
 def test_features_command_refuses_an_unknown_encoder(toy, capsys):
     assert avtalk("features", "--dataset", "vocaset", "--data-root", toy, "--encoder", "mel") == 2
     assert "has no feature cache" in capsys.readouterr().err
+
+
+@needs_model
+def test_augmented_copies_are_cached_ahead_and_training_reads_them(toy, tmp_path, monkeypatch, capsys):
+    """`avtalk features --augment --seed S --epochs E` draws the perturbations `train --augment`
+    draws, so training finds every perturbed sequence in the cache and Whisper never runs;
+    a second call computes nothing; another seed is other copies."""
+    from talkinghead_cli.config import TrainConfig
+    from talkinghead_cli.training.trainer import train
+
+    assert avtalk("-q", "features", "--dataset", "vocaset", "--data-root", toy) == 0
+    config = tmp_path / "aug.json"
+    config.write_text(json.dumps({"augment": {"speed": 1.0, "noise": 1.0, "pitch": 0.0, "reverb": 0.0,
+                                              "band": 0.0, "level": 0.0}}))
+    args = ("features", "--dataset", "vocaset", "--data-root", toy, "--augment", "--seed", "3", "--epochs", "2",
+            "--config", config)
+    assert avtalk(*args) == 0
+    cache = FC.cache_dir(toy, W.NAME)
+    copies = sorted(p.name for p in cache.glob(f"*{FC.AUGMENTED}*.npy"))
+    assert len(copies) == 4 and all(("-s3-e0" in c) or ("-s3-e1" in c) for c in copies)  # 2 train utts x 2 epochs
+    calls = []
+    real = W.whisper_features
+    monkeypatch.setattr(W, "whisper_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    capsys.readouterr()
+    assert avtalk(*args) == 0 and not calls  # resumed: every copy already there
+    assert "4 cached" in capsys.readouterr().err
+    events = []
+    cfg = TrainConfig(dataset="vocaset", data_root=toy, run_dir=tmp_path / "run", epochs=2, seed=3,
+                      encoder=W.NAME, augment=json.loads(config.read_text())["augment"])
+    train(cfg, log=events.append)
+    assert not calls, "Whisper ran during training: a perturbed copy was missing from the cache"
+    assert not [e for e in events if e["event"] == "warning" and "--augment" in e.get("message", "")]
+    # another seed perturbs differently: its copies are not in the cache, and training says so
+    cfg = cfg.model_copy(update={"seed": 4, "run_dir": tmp_path / "run4", "epochs": 1})
+    calls.clear()
+    train(cfg, log=events.append)
+    assert calls  # computed on the fly
+
+
+def test_features_config_without_augment_is_refused(toy, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text("{}")
+    assert avtalk("features", "--dataset", "vocaset", "--data-root", toy, "--config", config) == 2
+    assert "--config is read only with --augment" in capsys.readouterr().err

@@ -350,11 +350,14 @@ def _train(cfg: TrainConfig, device, d: _Dist, progress, log) -> TrainResult:
     train_ds = SequenceDataset(corpus, corpus.split("train"), acfg.sample_rate)
     if cfg.augment is not None:
         from talkinghead_cli.data.augment import AugmentedDataset
+        from talkinghead_cli.training.features import AUGMENTED
 
         train_ds = AugmentedDataset(train_ds, cfg.augment, cfg.seed)
-        if getattr(model.audio_encoder, "feature_store", None) is not None and d.main:
-            log({"event": "warning", "message": f"--augment with {acfg.encoder}: augmented audio is not in the "
-                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU cores)"})
+        store = getattr(model.audio_encoder, "feature_store", None)
+        if store is not None and d.main and not any(AUGMENTED in f.stem for f in store.files.values()):
+            log({"event": "warning", "message": f"--augment with {acfg.encoder}: no perturbed audio is in the "
+                 "feature cache, so its features are computed at every step (up to ~0.9 s per sequence on 2 CPU "
+                 f"cores); `avtalk features --augment --seed {cfg.seed} --epochs {cfg.epochs}` caches them first"})
     val_ds = SequenceDataset(corpus, corpus.split("val"), acfg.sample_rate)
     lip = None if corpus.lip_indices is None else torch.as_tensor(corpus.lip_indices)
     loop = _Loop(cfg, model, acfg, corpus, device, step_module, opt, scaler, autocast, ddp, lip,
